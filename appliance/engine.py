@@ -1,0 +1,296 @@
+"""The language model: one llama.cpp model, owned by one worker thread.
+
+llama.cpp is not thread-safe, so every call into it happens on the worker; the
+rest of the appliance talks to the worker through a job queue and receives the
+reply as a stream of text pieces.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+
+class EngineError(Exception):
+    """The model could not be loaded or run; the message names the fix."""
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf(path: Path) -> None:
+    """Reject a missing or non-GGUF file before llama.cpp sees it (it would only abort)."""
+    if not path.is_file():
+        raise EngineError(f"model file {path} does not exist: give the path of a .gguf model")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise EngineError(
+            f"{path} is not a GGUF model (it does not start with 'GGUF'): "
+            "convert it with llama.cpp's convert_hf_to_gguf.py or pick a .gguf file"
+        )
+
+
+def physical_cores() -> int:
+    """Physical core count (SMT siblings do not speed up llama.cpp decoding)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            pairs = set()
+            phys = core = None
+            for line in f:
+                if line.startswith("physical id"):
+                    phys = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                    pairs.add((phys, core))
+            if pairs:
+                return len(pairs)
+    except OSError:
+        pass
+    return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int = 120
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    repeat_penalty: float = 1.1
+
+
+class StopFilter:
+    """Cuts a text stream at the first stop string.
+
+    Text that could still turn out to be the start of a stop string is held
+    back, so nothing of a stop sequence ever reaches the paper.
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.held = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        self.held += text
+        cut = min((i for i in (self.held.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            out, self.held = self.held[:cut], ""
+            return out
+        keep = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.held)), 0, -1):
+                if self.held.endswith(s[:n]):
+                    keep = max(keep, n)
+                    break
+        out = self.held[: len(self.held) - keep]
+        self.held = self.held[len(self.held) - keep :]
+        return out
+
+    def finish(self) -> str:
+        """The stream ended without a stop: what was held back is reply text after all."""
+        out, self.held = ("" if self.stopped else self.held), ""
+        return out
+
+
+class Utf8Joiner:
+    """Joins token bytes into text without splitting a multi-byte character."""
+
+    def __init__(self) -> None:
+        self.pending = b""
+
+    def feed(self, data: bytes) -> str:
+        data = self.pending + data
+        for cut in range(len(data), max(len(data) - 4, -1), -1):
+            try:
+                text = data[:cut].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            self.pending = data[cut:]
+            return text
+        self.pending = b""
+        return data.decode("utf-8", errors="ignore")
+
+
+@dataclass
+class Reply:
+    """A reply being generated: iterate it for text pieces; cancel() stops it within a token."""
+
+    pieces: "queue.Queue[Optional[str]]" = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    tokens: int = 0
+    prompt_tokens: int = 0
+    stop_reason: str = ""
+    error: Optional[BaseException] = None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            piece = self.pieces.get()
+            if piece is None:
+                if self.error is not None:
+                    raise self.error
+                return
+            yield piece
+
+    def text(self) -> str:
+        return "".join(self)
+
+
+class Engine:
+    """One GGUF model on one worker thread."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        n_ctx: int = 2048,
+        n_threads: Optional[int] = None,
+        n_batch: int = 64,
+        seed: int = -1,
+    ):
+        self.model_path = Path(model_path)
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or physical_cores()
+        self.n_batch = n_batch
+        self.seed = seed
+        self.chat_template: Optional[str] = None
+        self.bos = ""
+        self.eos = ""
+        self._jobs: "queue.Queue[Optional[Callable[[], None]]]" = queue.Queue()
+        self._llm = None
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> "Engine":
+        """Load the model on the worker; raises EngineError if it cannot be loaded."""
+        check_gguf(self.model_path)
+        loaded: "queue.Queue[Optional[BaseException]]" = queue.Queue()
+        self._thread = threading.Thread(target=self._work, args=(loaded,), name="engine", daemon=True)
+        self._thread.start()
+        error = loaded.get()
+        if error is not None:
+            self._thread.join()
+            raise EngineError(f"could not load {self.model_path}: {error}") from error
+        return self
+
+    def _work(self, loaded: "queue.Queue[Optional[BaseException]]") -> None:
+        try:
+            from llama_cpp import Llama
+
+            self._llm = Llama(
+                model_path=str(self.model_path),
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                n_batch=self.n_batch,
+                n_ubatch=self.n_batch,
+                seed=self.seed if self.seed >= 0 else 0xFFFFFFFF,
+                use_mmap=True,
+                verbose=False,
+            )
+        except Exception as e:  # llama.cpp reports load failures as ValueError/RuntimeError
+            loaded.put(e)
+            return
+        meta = self._llm.metadata
+        self.chat_template = meta.get("tokenizer.chat_template")
+        self.bos = self._token_text(self._llm.token_bos())
+        self.eos = self._token_text(self._llm.token_eos())
+        loaded.put(None)
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                break
+            job()
+        self._llm.close()
+        self._llm = None
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
+
+    def _call(self, fn: Callable[[], object]) -> object:
+        """Run fn on the worker and wait for its result."""
+        done: "queue.Queue[tuple]" = queue.Queue()
+
+        def job() -> None:
+            try:
+                done.put((fn(), None))
+            except Exception as e:
+                done.put((None, e))
+
+        self._jobs.put(job)
+        result, error = done.get()
+        if error is not None:
+            raise error
+        return result
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._call(lambda: self._llm.tokenize(text.encode(), add_bos=True)))
+
+    def generate(self, prompt: str, stops: Sequence[str], sampling: Sampling) -> Reply:
+        """Start generating a reply to prompt; returns at once with a Reply to stream."""
+        reply = Reply()
+        self._jobs.put(lambda: self._generate(reply, prompt, list(stops), sampling))
+        return reply
+
+    def _generate(self, reply: Reply, prompt: str, stops: list, sampling: Sampling) -> None:
+        llm = self._llm
+        try:
+            tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+            reply.prompt_tokens = len(tokens)
+            room = self.n_ctx - len(tokens)
+            if room <= 0:
+                raise EngineError(
+                    f"the prompt ({len(tokens)} tokens) does not fit the context ({self.n_ctx})"
+                )
+            limit = min(sampling.max_tokens, room)
+            stop = StopFilter(stops)
+            joiner = Utf8Joiner()
+            end = {t for t in (llm.token_eos(), llm._model.token_eot()) if t >= 0}
+            reply.stop_reason = "length"
+            stream = llm.generate(
+                tokens,
+                top_k=sampling.top_k,
+                top_p=sampling.top_p,
+                temp=sampling.temperature,
+                repeat_penalty=sampling.repeat_penalty,
+                reset=True,
+            )
+            for token in stream:
+                if reply.cancelled.is_set():
+                    reply.stop_reason = "cancelled"
+                    break
+                if token in end:
+                    reply.stop_reason = "eos"
+                    break
+                reply.tokens += 1
+                out = stop.feed(joiner.feed(llm.detokenize([token])))
+                if out:
+                    reply.pieces.put(out)
+                if stop.stopped:
+                    reply.stop_reason = "stop"
+                    break
+                if reply.tokens >= limit:
+                    break
+            if reply.stop_reason in ("length", "eos"):
+                tail = stop.feed(joiner.feed(b"")) + stop.finish()
+                if tail:
+                    reply.pieces.put(tail)
+        except Exception as e:
+            reply.error = e
+        finally:
+            reply.pieces.put(None)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None

@@ -123,7 +123,7 @@ class Utf8Joiner:
 class Reply:
     """A reply being generated: iterate it for text pieces; cancel() stops it within a token."""
 
-    pieces: "queue.Queue[Optional[str]]" = field(default_factory=queue.Queue)
+    pieces: queue.Queue[Optional[str]] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     tokens: int = 0
     prompt_tokens: int = 0
@@ -165,15 +165,16 @@ class Engine:
         self.chat_template: Optional[str] = None
         self.bos = ""
         self.eos = ""
-        self._jobs: "queue.Queue[Optional[Callable[[], None]]]" = queue.Queue()
+        self._jobs: queue.Queue[Optional[Callable[[], None]]] = queue.Queue()
         self._llm = None
         self._thread: Optional[threading.Thread] = None
 
-    def start(self) -> "Engine":
+    def start(self) -> Engine:
         """Load the model on the worker; raises EngineError if it cannot be loaded."""
         check_gguf(self.model_path)
-        loaded: "queue.Queue[Optional[BaseException]]" = queue.Queue()
-        self._thread = threading.Thread(target=self._work, args=(loaded,), name="engine", daemon=True)
+        loaded: queue.Queue[Optional[BaseException]] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, args=(loaded,), name="engine",
+                                        daemon=True)
         self._thread.start()
         error = loaded.get()
         if error is not None:
@@ -181,7 +182,7 @@ class Engine:
             raise EngineError(f"could not load {self.model_path}: {error}") from error
         return self
 
-    def _work(self, loaded: "queue.Queue[Optional[BaseException]]") -> None:
+    def _work(self, loaded: queue.Queue[Optional[BaseException]]) -> None:
         try:
             from llama_cpp import Llama
 
@@ -218,7 +219,7 @@ class Engine:
 
     def _call(self, fn: Callable[[], object]) -> object:
         """Run fn on the worker and wait for its result."""
-        done: "queue.Queue[tuple]" = queue.Queue()
+        done: queue.Queue[tuple] = queue.Queue()
 
         def job() -> None:
             try:

@@ -1,0 +1,237 @@
+"""`typewriter`: the command line. Every expected failure ends as one line naming the fix."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from appliance.engine import Engine, EngineError, check_gguf, physical_cores
+from appliance.persona import Persona, PersonaError
+from firmware_bridge.link import LinkError
+
+DEFAULT_PERSONA = Path(__file__).parent / "personas" / "default"
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "typewriter"
+
+
+def model_for(persona: Persona, override: Optional[str]) -> Path:
+    """The model to run: --model, the persona's own, or a synthetic stand-in made on first use."""
+    if override:
+        return Path(override)
+    if persona.model_path.exists() or not persona.synthetic:
+        return persona.model_path
+    path = cache_dir() / "models" / f"synthetic-{persona.synthetic}.gguf"
+    if not path.exists():
+        try:
+            from appliance.model_synth import synthesize
+        except ImportError as e:
+            raise CliError(
+                f"persona {persona.name!r} needs a synthetic model and the synth tools are missing "
+                f"({e.name}): pip install 'typewriter-appliance[synth]'"
+            ) from e
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"Writing a synthetic {persona.synthetic} model to {path} (first run only)...",
+              file=sys.stderr)
+        synthesize(persona.synthetic, path)
+    return path
+
+
+def load(args: argparse.Namespace) -> tuple[Persona, Engine]:
+    persona = Persona.load(Path(args.persona) if args.persona else DEFAULT_PERSONA)
+    model = model_for(persona, args.model)
+    if persona.synthetic and not args.model:
+        print(
+            f"Persona {persona.name!r} runs on a synthetic stand-in model (random weights, shape "
+            f"{persona.synthetic!r}): its replies are noise until you build a trained persona.",
+            file=sys.stderr,
+        )
+    engine = Engine(model, n_ctx=args.ctx, n_threads=args.threads,
+                    seed=persona.generation.seed).start()
+    return persona, engine
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from appliance.daemon import Appliance
+
+    if not os.path.exists(args.port) and "://" not in args.port:
+        raise LinkError(f"serial port {args.port} does not exist: "
+                        "check the cable or the --port path")
+    persona, engine = load(args)
+    app = Appliance(persona, engine, args.port, width=args.width).start()
+    print(f"{persona.name} is listening on {args.port}. Ctrl-C stops.", file=sys.stderr)
+    try:
+        app.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        app.close()
+        engine.close()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from appliance.daemon import Appliance
+    from firmware_bridge.simulator import SimulatedTypewriter, read_terminal_keys
+
+    persona, engine = load(args)
+    echo = None if args.type else (lambda ch: (sys.stdout.write(ch), sys.stdout.flush()))
+    sim = SimulatedTypewriter(width=args.width, cps=args.cps, cr_seconds=args.cr, on_strike=echo)
+    path = sim.start()
+    app = Appliance(persona, engine, path, width=args.width).start()
+    runner = threading.Thread(target=app.run, name="appliance", daemon=True)
+    runner.start()
+    try:
+        if not wait_for(lambda: app.link.up, 10):
+            raise CliError("the simulated typewriter did not answer within 10 s")
+        if args.type is not None:
+            sim.type_text(args.type + "\n\n")
+            if not wait_for(lambda: app.replies >= 1 and app.idle, args.timeout):
+                raise CliError(f"no complete reply within {args.timeout:.0f} s (--timeout)")
+            sim.wait_printed(args.timeout)
+            print(sim.paper.text())
+        else:
+            print(f"Type to {persona.name}; press Return twice to send. Ctrl-R resets, "
+                  "Ctrl-C quits.\n", file=sys.stderr)
+            read_terminal_keys(sim.press)
+    finally:
+        app.stop()
+        runner.join()
+        app.close()
+        sim.stop()
+        engine.close()
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from firmware_bridge.simulator import serve
+
+    script = Path(args.script).read_text() if args.script else None
+    return serve(args.width, args.cps, args.cr, script)
+
+
+def cmd_model_synth(args: argparse.Namespace) -> int:
+    try:
+        from appliance.model_synth import synthesize
+    except ImportError as e:
+        raise CliError(f"the synth tools are missing ({e.name}): "
+                       "pip install 'typewriter-appliance[synth]'") from e
+    try:
+        synthesize(args.shape, Path(args.out), quant=args.quant, seed=args.seed, script=args.script)
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    size = Path(args.out).stat().st_size / 1e6
+    print(f"wrote {args.out}: {args.shape} shape, {args.quant}, {size:.1f} MB")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from appliance import bench
+    from appliance.model_synth import synthesize
+
+    models = [Path(p) for p in args.model]
+    for shape in args.shape:
+        path = cache_dir() / "models" / f"synthetic-{shape}.gguf"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            synthesize(shape, path)
+        models.append(path)
+    for path in models:
+        check_gguf(path)
+    results = bench.run(models, args.threads or physical_cores(), Path(args.out))
+    for r in results:
+        print("  ".join(f"{k}={v}" for k, v in r.items()))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def wait_for(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--persona", help="persona folder (default: the shipped persona)")
+    p.add_argument("--model", help="run another GGUF model in the persona's frame")
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: cores)")
+    p.add_argument("--ctx", type=int, default=2048, help="context size in tokens")
+    p.add_argument("--width", type=int, default=65, help="carriage width in characters")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="typewriter", description="An offline AI typewriter.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="answer a typewriter on a serial port")
+    run.add_argument("--port", required=True, help="serial device (e.g. /dev/serial0)")
+    _engine_options(run)
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="a simulated typewriter and the appliance in one terminal")
+    _engine_options(demo)
+    demo.add_argument("--type", metavar="TEXT", help="type TEXT, submit, print the paper, exit")
+    demo.add_argument("--cps", type=float, default=12.0, help="print speed, characters/second")
+    demo.add_argument("--cr", type=float, default=0.5, help="carriage return time, seconds")
+    demo.add_argument("--timeout", type=float, default=300.0, help="--type: seconds to wait")
+    demo.set_defaults(func=cmd_demo)
+
+    sim = sub.add_parser("simulate", help="a simulated typewriter on a pseudo-terminal")
+    sim.add_argument("--width", type=int, default=65)
+    sim.add_argument("--cps", type=float, default=12.0)
+    sim.add_argument("--cr", type=float, default=0.5)
+    sim.add_argument("--script", help="a file whose text is typed instead of the keyboard")
+    sim.set_defaults(func=cmd_simulate)
+
+    bench = sub.add_parser("bench", help="measure model speed against the typewriter's pace")
+    bench.add_argument("--shape", action="append", default=[],
+                       help="synthetic model shape to measure (repeatable)")
+    bench.add_argument("--model", action="append", default=[],
+                       help="a GGUF to measure (repeatable)")
+    bench.add_argument("--threads", type=int, default=None)
+    bench.add_argument("--out", default="bench-results/bench.json")
+    bench.set_defaults(func=cmd_bench)
+
+    model = sub.add_parser("model", help="model tools")
+    msub = model.add_subparsers(dest="model_command", required=True)
+    synth = msub.add_parser("synth", help="write a random-weight GGUF in a real model's shape")
+    synth.add_argument("--shape", default="tiny")
+    synth.add_argument("--quant", default="q4_0")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--script", help="a model that answers every prompt with this text")
+    synth.add_argument("out")
+    synth.set_defaults(func=cmd_model_synth)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (CliError, PersonaError, EngineError, LinkError) as e:
+        print(f"typewriter: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

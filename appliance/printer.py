@@ -1,0 +1,117 @@
+"""Typesetting for a typewriter: printable ASCII, word wrap, the margin bell.
+
+A typewriter prints a fixed character set on a fixed-width carriage, and
+cannot take back a character once struck, so text is only released once a
+whole word is known and known to fit.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+# Characters NFKD cannot take to ASCII, mapped to what a typist would type.
+_MAP = {
+    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'", "\u00b4": "'",
+    "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"',
+    "\u00ab": '"', "\u00bb": '"', "\u2039": "'", "\u203a": "'",
+    "\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "--", "\u2015": "--",
+    "\u2212": "-", "\u2026": "...", "\u2022": "*", "\u00b7": ".", "\u00d7": "x", "\u00f7": "/",
+    "\u00df": "ss", "\u00e6": "ae", "\u00c6": "AE", "\u0153": "oe", "\u0152": "OE",
+    "\u00f8": "o", "\u00d8": "O", "\u0142": "l", "\u0141": "L", "\u00f0": "d", "\u00d0": "D",
+    "\u00fe": "th", "\u00de": "Th", "\u0131": "i", "\u00a9": "(c)", "\u00ae": "(R)",
+    "\u2122": "TM", "\u00b0": " deg", "\u20ac": "EUR", "\u00a3": "GBP", "\u00a1": "!",
+    "\u00bf": "?", "\u00a7": "S.", "\u00b6": "P.", "\t": " ", "\r": "",
+}
+BELL = "\x07"
+
+
+def _printable_char(ch: str) -> str:
+    if ch == "\n" or " " <= ch <= "~":
+        return ch
+    if ch in _MAP:
+        return _MAP[ch]
+    if unicodedata.category(ch) == "Zs":
+        return " "
+    ascii_form = unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode()
+    return "".join(c for c in ascii_form if " " <= c <= "~")
+
+
+def printable(text: str) -> str:
+    """text with every character a typewriter cannot print mapped to ASCII or dropped."""
+    return "".join(_printable_char(ch) for ch in text)
+
+
+class Typesetter:
+    """Streams text into print bytes wrapped to the carriage width.
+
+    feed() returns only what is safe to strike now; finish() flushes the last
+    word. A word is never split unless it is longer than a whole line.
+    """
+
+    def __init__(self, width: int = 65, bell_margin: int = 8):
+        if width < 2:
+            raise ValueError("the carriage width must be at least 2 characters")
+        self.width = width
+        self.bell_at = max(0, width - bell_margin)
+        self.column = 0
+        self.word = ""
+        self.space = False  # a space is due before the next word
+        self.rang = False
+
+    def start(self, column: int = 0) -> None:
+        """Begin a new piece of text with the carriage at column."""
+        self.column = column
+        self.word = ""
+        self.space = False
+        self.rang = column > self.bell_at
+
+    def feed(self, text: str) -> str:
+        out = []
+        for ch in printable(text):
+            if ch == "\n":
+                out.append(self._flush_word())
+                out.append(self._newline())
+                self.space = False
+            elif ch == " ":
+                out.append(self._flush_word())
+                self.space = self.column > 0
+            else:
+                self.word += ch
+                if len(self.word) > self.width:  # longer than a line: break it hard
+                    out.append(self._flush_word(hard=True))
+        return "".join(out)
+
+    def finish(self) -> str:
+        out = self._flush_word()
+        self.space = False
+        return out
+
+    def _newline(self) -> str:
+        self.column = 0
+        self.rang = False
+        return "\n"
+
+    def _flush_word(self, hard: bool = False) -> str:
+        if not self.word:
+            return ""
+        out = []
+        word, self.word = self.word, ""
+        if hard:
+            word, self.word = word[: self.width], word[self.width :]
+        need = len(word) + (1 if self.space else 0)
+        if self.column + need > self.width and self.column > 0:
+            out.append(self._newline())
+            self.space = False
+        if self.space:
+            out.append(self._strike(" "))
+        for ch in word:
+            out.append(self._strike(ch))
+        self.space = False
+        return "".join(out)
+
+    def _strike(self, ch: str) -> str:
+        self.column += 1
+        if not self.rang and self.column > self.bell_at:
+            self.rang = True
+            return BELL + ch
+        return ch

@@ -10,11 +10,6 @@ from firmware_bridge import messages as m
 from firmware_bridge.framing import MAX_BODY
 from firmware_bridge.session import Session
 
-try:
-    from typing import Optional  # noqa: F401
-except ImportError:
-    pass
-
 STATUS_EVERY = 1.0
 # Changes closer together than this share one STATUS (a fast print mechanism
 # would otherwise send one per character); flag changes are never delayed.

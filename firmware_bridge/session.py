@@ -7,11 +7,6 @@ returns. Runs unchanged on CPython and MicroPython (the clock is injected).
 from firmware_bridge import messages as m
 from firmware_bridge.framing import Decoder, encode_frame
 
-try:
-    from typing import Callable, List, Optional  # noqa: F401
-except ImportError:
-    pass
-
 
 class Session:
     """Stop-and-wait reliable frames one way, duplicate-free delivery the other.

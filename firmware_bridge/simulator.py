@@ -51,14 +51,13 @@ class Paper:
             self.column = 0
         elif ch == "\b":
             self.column = max(0, self.column - 1)
-        elif " " <= ch <= "~":
+        elif " " <= ch <= "~" and self.column < self.width:  # keys lock at the margin
             line = self.lines[-1]
             while len(line) <= self.column:
                 line.append(" ")
             if ch != " ":
                 line[self.column] = ch  # a strike over a character overstrikes it
-            # The carriage stops at the right margin; further strikes pile up there.
-            self.column = min(self.column + 1, self.width)
+            self.column += 1
 
     def text(self) -> str:
         return "\n".join("".join(line).rstrip() for line in self.lines)

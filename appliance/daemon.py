@@ -115,7 +115,7 @@ class Appliance:
         if self.reply is not None:
             self.reply.cancel()
             self.reply = None
-            self.link.cancel()
+        self.link.cancel()
         self.waiting.clear()
         self.conversation.reset()
         log.info("conversation reset")

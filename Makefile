@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	$(BIN)/typewriter bench --shape tiny --shape smollm2-135m --out bench-results/bench.json
+	$(BIN)/typewriter bench --shape tiny --shape smollm2-135m --shape tinyllama-1.1b --out bench-results/bench.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

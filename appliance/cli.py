@@ -13,7 +13,7 @@ from typing import List, Optional
 
 from appliance.engine import Engine, EngineError, check_gguf, physical_cores
 from appliance.persona import Persona, PersonaError
-from firmware_bridge.link import LinkError
+from firmware_bridge.link import LinkError, open_port
 
 DEFAULT_PERSONA = Path(__file__).parent / "personas" / "default"
 
@@ -66,9 +66,7 @@ def load(args: argparse.Namespace) -> tuple[Persona, Engine]:
 def cmd_run(args: argparse.Namespace) -> int:
     from appliance.daemon import Appliance
 
-    if not os.path.exists(args.port) and "://" not in args.port:
-        raise LinkError(f"serial port {args.port} does not exist: "
-                        "check the cable or the --port path")
+    open_port(args.port).close()  # a wrong port is reported before a model loads for minutes
     persona, engine = load(args)
     app = Appliance(persona, engine, args.port, width=args.width).start()
     print(f"{persona.name} is listening on {args.port}. Ctrl-C stops.", file=sys.stderr)
@@ -118,7 +116,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from firmware_bridge.simulator import serve
 
-    script = Path(args.script).read_text() if args.script else None
+    try:
+        script = Path(args.script).read_text(encoding="utf-8") if args.script else None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CliError(f"cannot read the script {args.script}: {e}") from e
     return serve(args.width, args.cps, args.cr, script)
 
 
@@ -166,12 +167,34 @@ def wait_for(condition, timeout: float) -> bool:
     return True
 
 
+def bounded(kind: type, low: float, high: float):
+    """An argparse type that names the allowed range when a value is outside it."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}..{high:g}")
+        return value
+
+    return parse
+
+
+WIDTH = bounded(int, 20, 250)
+CPS = bounded(float, 0.5, 100000)
+SECONDS = bounded(float, 0, 60)
+
+
 def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--persona", help="persona folder (default: the shipped persona)")
     p.add_argument("--model", help="run another GGUF model in the persona's frame")
-    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: cores)")
-    p.add_argument("--ctx", type=int, default=2048, help="context size in tokens")
-    p.add_argument("--width", type=int, default=65, help="carriage width in characters")
+    p.add_argument("--threads", type=bounded(int, 1, 256), default=None,
+                   help="llama.cpp threads (default: physical cores)")
+    p.add_argument("--ctx", type=bounded(int, 256, 131072), default=2048,
+                   help="context size in tokens")
+    p.add_argument("--width", type=WIDTH, default=65, help="carriage width in characters")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -187,15 +210,16 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a simulated typewriter and the appliance in one terminal")
     _engine_options(demo)
     demo.add_argument("--type", metavar="TEXT", help="type TEXT, submit, print the paper, exit")
-    demo.add_argument("--cps", type=float, default=12.0, help="print speed, characters/second")
-    demo.add_argument("--cr", type=float, default=0.5, help="carriage return time, seconds")
-    demo.add_argument("--timeout", type=float, default=300.0, help="--type: seconds to wait")
+    demo.add_argument("--cps", type=CPS, default=12.0, help="print speed, characters/second")
+    demo.add_argument("--cr", type=SECONDS, default=0.5, help="carriage return time, seconds")
+    demo.add_argument("--timeout", type=bounded(float, 1, 86400), default=300.0,
+                      help="--type: seconds to wait")
     demo.set_defaults(func=cmd_demo)
 
     sim = sub.add_parser("simulate", help="a simulated typewriter on a pseudo-terminal")
-    sim.add_argument("--width", type=int, default=65)
-    sim.add_argument("--cps", type=float, default=12.0)
-    sim.add_argument("--cr", type=float, default=0.5)
+    sim.add_argument("--width", type=WIDTH, default=65, help="carriage width in characters")
+    sim.add_argument("--cps", type=CPS, default=12.0, help="print speed, characters/second")
+    sim.add_argument("--cr", type=SECONDS, default=0.5, help="carriage return time, seconds")
     sim.add_argument("--script", help="a file whose text is typed instead of the keyboard")
     sim.set_defaults(func=cmd_simulate)
 
@@ -204,7 +228,7 @@ def parser() -> argparse.ArgumentParser:
                        help="synthetic model shape to measure (repeatable)")
     bench.add_argument("--model", action="append", default=[],
                        help="a GGUF to measure (repeatable)")
-    bench.add_argument("--threads", type=int, default=None)
+    bench.add_argument("--threads", type=bounded(int, 1, 256), default=None)
     bench.add_argument("--out", default="bench-results/bench.json")
     bench.set_defaults(func=cmd_bench)
 

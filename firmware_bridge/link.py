@@ -34,7 +34,8 @@ class LinkError(Exception):
     """The serial port cannot be used; the message names the fix."""
 
 
-def _open(port: str) -> serial.Serial:
+def open_port(port: str) -> serial.Serial:
+    """Open a serial device (or pyserial URL) at the protocol's settings, or say why not."""
     if not port.startswith(("socket://", "loop://", "rfc2217://")) and not os.path.exists(port):
         raise LinkError(
             f"serial port {port} does not exist: check the cable, or pass the path "
@@ -86,7 +87,7 @@ class Link:
 
     def open(self) -> Link:
         """Open the port (raises LinkError when it does not exist) and start the I/O thread."""
-        self._serial = _open(self.port)
+        self._serial = open_port(self.port)
         self._hello()
         self._thread = threading.Thread(target=self._run, name="link", daemon=True)
         self._thread.start()
@@ -204,7 +205,7 @@ class Link:
 
     def _reopen(self) -> None:
         try:
-            self._serial = _open(self.port)
+            self._serial = open_port(self.port)
         except LinkError:
             self._stop.wait(REOPEN_EVERY)
             return

@@ -55,3 +55,30 @@ def test_model_override_that_is_not_gguf(tmp_path, script_persona):
 def test_serial_port_that_does_not_exist(script_persona):
     result = typewriter("run", "--port", "/dev/ttyNOPE42", "--persona", str(script_persona))
     assert_one_line_error(result, "/dev/ttyNOPE42", "does not exist")
+
+
+def test_a_file_that_is_not_a_serial_port(tmp_path, script_persona):
+    not_a_port = tmp_path / "notes.txt"
+    not_a_port.write_text("hello")
+    result = typewriter("run", "--port", str(not_a_port), "--persona", str(script_persona))
+    assert_one_line_error(result, "cannot open serial port")
+
+
+def test_a_corrupt_gguf_with_the_right_magic(tmp_path, script_persona):
+    bad = tmp_path / "corrupt.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 64)
+    result = typewriter("demo", "--persona", str(script_persona), "--model", str(bad),
+                        "--type", "hi")
+    assert_one_line_error(result, "could not load")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["demo", "--width", "0"], "--width"),
+    (["simulate", "--cps", "fast"], "--cps"),
+    (["simulate", "--script", "/no/such/script.txt"], "cannot read the script"),
+    (["model", "synth", "--shape", "huge", "/tmp/x.gguf"], "unknown shape"),
+])
+def test_bad_options(args, needle):
+    result = typewriter(*args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and needle in result.stderr

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from appliance.engine import Engine, EngineError, check_gguf, physical_cores
 from appliance.persona import Persona, PersonaError
@@ -158,7 +158,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def wait_for(condition, timeout: float) -> bool:
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll condition until it holds; False if it did not within timeout seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

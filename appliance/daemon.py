@@ -12,7 +12,7 @@ import threading
 from typing import Callable, Optional
 
 from appliance.conversation import Conversation
-from appliance.engine import Engine, Reply, Sampling
+from appliance.engine import Engine, Reply
 from appliance.line_editor import LineEditor
 from appliance.persona import Persona, make_frame
 from appliance.printer import Typesetter
@@ -30,13 +30,6 @@ class Appliance:
         self.persona = persona
         self.engine = engine
         gen = persona.generation
-        self.sampling = Sampling(
-            max_tokens=gen.max_tokens,
-            temperature=gen.temperature,
-            top_p=gen.top_p,
-            top_k=gen.top_k,
-            repeat_penalty=gen.repeat_penalty,
-        )
         self.frame = make_frame(persona, engine.chat_template, engine.bos, engine.eos)
         budget = engine.n_ctx - max(gen.max_tokens, int(engine.n_ctx * REPLY_ROOM))
         self.conversation = Conversation(self.frame, engine.count_tokens, budget)
@@ -125,7 +118,7 @@ class Appliance:
             return
         message = self.waiting.pop(0)
         prompt = self.conversation.prompt(message)
-        self.reply = self.engine.generate(prompt, self.frame.stops, self.sampling)
+        self.reply = self.engine.generate(prompt, self.frame.stops, self.persona.generation)
         self.reply_message = message
         self.reply_text = ""
         if not self.at_line_start:

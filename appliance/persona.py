@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from appliance.engine import Sampling
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - the Pi's Python 3.11+ has tomllib
@@ -43,12 +45,9 @@ class FrameConfig:
 
 
 @dataclass(frozen=True)
-class Generation:
-    max_tokens: int = 120
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    repeat_penalty: float = 1.1
+class Generation(Sampling):
+    """The engine's sampling settings, plus what a persona adds to them."""
+
     seed: int = -1
     stop: Tuple[str, ...] = ()
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.cli import wait_for  # noqa: F401  (shared with the tests)
 from appliance.model_synth import synthesize
 
 # A scripted model continues every prompt with this text, then starts inventing

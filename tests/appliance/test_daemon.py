@@ -1,7 +1,6 @@
 """The appliance loop with a simulated typewriter and the real engine."""
 
 import threading
-import time
 
 import pytest
 
@@ -11,16 +10,9 @@ from appliance.persona import Persona
 from appliance.printer import printable
 from firmware_bridge import messages as m
 from firmware_bridge.simulator import SimulatedTypewriter
-from tests.conftest import SCRIPT_REPLY
+from tests.conftest import SCRIPT_REPLY, wait_for
 
 REPLY = " ".join(printable(SCRIPT_REPLY).split())
-
-
-def wait_for(condition, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -31,7 +23,7 @@ def rig(script_persona):
     app = Appliance(Persona.load(script_persona), engine, sim.start()).start()
     runner = threading.Thread(target=app.run, daemon=True)
     runner.start()
-    wait_for(lambda: app.link.up, 10)
+    assert wait_for(lambda: app.link.up, 10)
     yield sim, app
     app.stop()
     runner.join()
@@ -47,10 +39,10 @@ def paper_words(sim):
 def test_a_conversation_keeps_its_history(rig):
     sim, app = rig
     sim.type_text("Hello\n\n")
-    wait_for(lambda: app.replies == 1 and app.idle)
+    assert wait_for(lambda: app.replies == 1 and app.idle)
     assert sim.wait_printed(10)
     sim.type_text("Again\n\n")
-    wait_for(lambda: app.replies == 2 and app.idle)
+    assert wait_for(lambda: app.replies == 2 and app.idle)
     assert app.conversation.history == [("user", "Hello"), ("character", SCRIPT_REPLY),
                                         ("user", "Again"), ("character", SCRIPT_REPLY)]
     assert sim.wait_printed(10)
@@ -60,9 +52,9 @@ def test_a_conversation_keeps_its_history(rig):
 def test_reprint_key_prints_the_last_reply_again(rig):
     sim, app = rig
     sim.type_text("Hello\n\n")
-    wait_for(lambda: app.replies == 1 and app.idle)
+    assert wait_for(lambda: app.replies == 1 and app.idle)
     sim.press(m.KEY_REPRINT)
-    wait_for(lambda: paper_words(sim).count("slowly") == 2)
+    assert wait_for(lambda: paper_words(sim).count("slowly") == 2)
     assert sim.wait_printed(10)
     assert paper_words(sim) == f"Hello {REPLY} {REPLY}"
 
@@ -71,21 +63,21 @@ def test_reset_during_a_reply_stops_it_and_starts_clean(rig):
     sim, app = rig
     sim.cps = 15  # slow enough to press reset mid-reply
     sim.type_text("Hello\n\n")
-    wait_for(lambda: "morrow" in sim.paper.text())
+    assert wait_for(lambda: "morrow" in sim.paper.text())
     sim.press(m.KEY_RESET)
-    wait_for(lambda: app.idle)
+    assert wait_for(lambda: app.idle)
     assert sim.wait_printed(10)
     cut = paper_words(sim)
     assert "slowly" not in cut, "the rest of the reply must not be printed after reset"
     assert app.conversation.history == []
     sim.cps = 400
     sim.type_text("\nAnew\n\n")
-    wait_for(lambda: app.replies >= 1 and app.idle and "slowly" in sim.paper.text())
+    assert wait_for(lambda: app.replies >= 1 and app.idle and "slowly" in sim.paper.text())
     assert app.conversation.history == [("user", "Anew"), ("character", SCRIPT_REPLY)]
 
 
 def test_a_message_sent_while_busy_waits_its_turn(rig):
     sim, app = rig
     sim.type_text("First\n\nSecond\n\n")
-    wait_for(lambda: app.replies == 2 and app.idle)
+    assert wait_for(lambda: app.replies == 2 and app.idle)
     assert [t for r, t in app.conversation.history if r == "user"] == ["First", "Second"]

@@ -35,6 +35,10 @@ class Bench:
                 self.paper.append(byte)
                 self.device.printed(byte)
 
+    def type(self, text):
+        for code in text:
+            self.device.type_key(code)
+
     def statuses(self):
         return [e[1:] for e in self.host_events if e[0] == "status"]
 
@@ -42,12 +46,10 @@ class Bench:
 def test_keys_arrive_in_order_once_including_while_the_host_was_away():
     b = Bench()
     b.run(0.2)
-    for code in b"before ":
-        b.device.type_key(code)
+    b.type(b"before ")
     b.run(0.5)
     b.host_away = True
-    for code in b"while away":
-        b.device.type_key(code)
+    b.type(b"while away")
     b.run(3.0)
     b.host_away = False
     b.run(3.0)
@@ -105,8 +107,7 @@ def test_status_every_second_and_on_change():
 def test_new_boot_id_is_accepted_from_seq_zero():
     b = Bench()
     b.run(0.2)
-    for code in b"ab":
-        b.device.type_key(code)
+    b.type(b"ab")
     b.run(0.5)
     b.device = Device("board", 0xCCCC, b.clock)  # rebooted: new boot_id, seq back to 0
     b.device.boot()

@@ -5,9 +5,12 @@ import threading
 import time
 import tty
 
+import pytest
+
 from firmware_bridge import messages as m
 from firmware_bridge.device import Device
 from firmware_bridge.link import DEAD_AFTER, Link
+from tests.conftest import wait_for
 
 
 class Board:
@@ -72,104 +75,77 @@ class Board:
         os.close(self.slave)
 
 
-def wait_for(condition, timeout=10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+class Rig:
+    """A board and a host link to it, with what the link reported."""
+
+    def __init__(self, print_capacity=512):
+        self.board = Board(print_capacity)
+        self.keys, self.changes = [], []
+        self.link = Link(self.board.path, on_key=self.keys.append,
+                         on_change=self.changes.append).open()
+        assert wait_for(lambda: self.link.up)
+
+    def close(self):
+        self.link.close()
+        self.board.close()
 
 
-def make_link(board, **kw):
-    keys, changes = [], []
-    link = Link(board.path, on_key=keys.append, on_change=changes.append, **kw).open()
-    return link, keys, changes
+@pytest.fixture
+def rig(request):
+    r = Rig(getattr(request, "param", 512))
+    yield r
+    r.close()
 
 
-def test_handshake_and_keys_in_order_exactly_once():
-    board = Board()
-    link, keys, changes = make_link(board)
-    try:
-        assert wait_for(lambda: link.up)
-        assert link.peer_name == "test board"
-        text = bytes(range(0x20, 0x7F)) * 5
-        board.type(text)
-        assert wait_for(lambda: len(keys) >= len(text))
-        time.sleep(0.3)
-        assert bytes(keys) == text
-        assert "up" in changes
-    finally:
-        link.close()
-        board.close()
+def test_handshake_and_keys_in_order_exactly_once(rig):
+    assert rig.link.peer_name == "test board" and "up" in rig.changes
+    text = bytes(range(0x20, 0x7F)) * 5
+    rig.board.type(text)
+    assert wait_for(lambda: len(rig.keys) >= len(text))
+    time.sleep(0.3)
+    assert bytes(rig.keys) == text
 
 
-def test_print_text_respects_credits_and_arrives_whole():
-    board = Board(print_capacity=40)
-    link, _, _ = make_link(board)
-    try:
-        assert wait_for(lambda: link.up)
-        board.hold_print = True
-        text = "Good morrow, gentle friend.\n" * 10
-        link.print_text(text)
-        time.sleep(1.0)
-        assert link.unprinted > 0, "the host must wait for credits, not overrun the board"
-        board.hold_print = False
-        assert wait_for(lambda: link.unprinted == 0 and bytes(board.paper) == text.encode())
-    finally:
-        link.close()
-        board.close()
+@pytest.mark.parametrize("rig", [40], indirect=True)
+def test_print_text_respects_credits_and_arrives_whole(rig):
+    rig.board.hold_print = True
+    text = "Good morrow, gentle friend.\n" * 10
+    rig.link.print_text(text)
+    time.sleep(1.0)
+    assert rig.link.unprinted > 0, "the host must wait for credits, not overrun the board"
+    rig.board.hold_print = False
+    assert wait_for(lambda: rig.link.unprinted == 0 and bytes(rig.board.paper) == text.encode())
 
 
-def test_cancel_drops_what_is_not_printed():
-    board = Board(print_capacity=64)
-    link, _, _ = make_link(board)
-    try:
-        assert wait_for(lambda: link.up)
-        board.hold_print = True
-        link.print_text("x" * 500)
-        time.sleep(0.5)
-        link.cancel()
-        assert wait_for(lambda: link.unprinted == 0)
-        time.sleep(0.3)
-        board.hold_print = False
-        time.sleep(0.5)
-        assert len(board.paper) <= 64
-        link.print_text("after\n")
-        assert wait_for(lambda: bytes(board.paper).endswith(b"after\n"))
-    finally:
-        link.close()
-        board.close()
+@pytest.mark.parametrize("rig", [64], indirect=True)
+def test_cancel_drops_what_is_not_printed(rig):
+    rig.board.hold_print = True
+    rig.link.print_text("x" * 500)
+    time.sleep(0.5)
+    rig.link.cancel()
+    assert wait_for(lambda: rig.link.unprinted == 0)
+    time.sleep(0.3)
+    rig.board.hold_print = False
+    time.sleep(0.5)
+    assert len(rig.board.paper) <= 64
+    rig.link.print_text("after\n")
+    assert wait_for(lambda: bytes(rig.board.paper).endswith(b"after\n"))
 
 
-def test_silent_board_is_declared_down_then_reconnected():
-    board = Board()
-    link, keys, changes = make_link(board)
-    try:
-        assert wait_for(lambda: link.up)
-        board.silent = True
-        assert wait_for(lambda: not link.up, DEAD_AFTER + 3)
-        assert "down" in changes
-        board.type(b"while away")
-        board.silent = False
-        assert wait_for(lambda: link.up, 5)
-        assert wait_for(lambda: bytes(keys) == b"while away", 5)
-    finally:
-        link.close()
-        board.close()
+def test_silent_board_is_declared_down_then_reconnected(rig):
+    rig.board.silent = True
+    assert wait_for(lambda: not rig.link.up, DEAD_AFTER + 3)
+    assert "down" in rig.changes
+    rig.board.type(b"while away")
+    rig.board.silent = False
+    assert wait_for(lambda: rig.link.up, 5)
+    assert wait_for(lambda: bytes(rig.keys) == b"while away", 5)
 
 
-def test_overflow_flag_is_reported():
-    board = Board()
-    link, keys, changes = make_link(board)
-    try:
-        assert wait_for(lambda: link.up)
-        board.silent = True
-        board.type(b"a" * 700)
-        board.silent = False
-        assert wait_for(lambda: link.overflow, 8)
-        assert "overflow" in changes
-        assert link.flags & m.FLAG_OVERFLOW
-    finally:
-        link.close()
-        board.close()
+def test_overflow_flag_is_reported(rig):
+    rig.board.silent = True
+    rig.board.type(b"a" * 700)
+    rig.board.silent = False
+    assert wait_for(lambda: rig.link.overflow, 8)
+    assert "overflow" in rig.changes
+    assert rig.link.flags & m.FLAG_OVERFLOW

@@ -58,8 +58,9 @@ def load(args: argparse.Namespace) -> tuple[Persona, Engine]:
             f"{persona.synthetic!r}): its replies are noise until you build a trained persona.",
             file=sys.stderr,
         )
+    mmap = {"auto": None, "on": True, "off": False}[args.mmap]
     engine = Engine(model, n_ctx=args.ctx, n_threads=args.threads,
-                    seed=persona.generation.seed).start()
+                    seed=persona.generation.seed, mmap=mmap).start()
     return persona, engine
 
 
@@ -68,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     open_port(args.port).close()  # a wrong port is reported before a model loads for minutes
     persona, engine = load(args)
-    app = Appliance(persona, engine, args.port, width=args.width).start()
+    app = Appliance(persona, engine, args.port, width=args.width, prefill=args.prefill).start()
     print(f"{persona.name} is listening on {args.port}. Ctrl-C stops.", file=sys.stderr)
     try:
         app.run()
@@ -88,7 +89,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     echo = None if args.type else (lambda ch: (sys.stdout.write(ch), sys.stdout.flush()))
     sim = SimulatedTypewriter(width=args.width, cps=args.cps, cr_seconds=args.cr, on_strike=echo)
     path = sim.start()
-    app = Appliance(persona, engine, path, width=args.width).start()
+    app = Appliance(persona, engine, path, width=args.width, prefill=args.prefill).start()
     runner = threading.Thread(target=app.run, name="appliance", daemon=True)
     runner.start()
     try:
@@ -196,6 +197,10 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx", type=bounded(int, 256, 131072), default=2048,
                    help="context size in tokens")
     p.add_argument("--width", type=WIDTH, default=65, help="carriage width in characters")
+    p.add_argument("--no-prefill", dest="prefill", action="store_false",
+                   help="evaluate the prompt on submit instead of while typing")
+    p.add_argument("--mmap", choices=("auto", "on", "off"), default="auto",
+                   help="map the model file (auto: off where llama.cpp repacks weights)")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ import threading
 from typing import Callable, Optional
 
 from appliance.conversation import Conversation
-from appliance.engine import Engine, Reply
+from appliance.engine import Engine, EngineError, Reply
 from appliance.line_editor import LineEditor
 from appliance.persona import Persona, make_frame
 from appliance.printer import Typesetter
@@ -20,19 +20,26 @@ from firmware_bridge.link import Link
 
 log = logging.getLogger(__name__)
 
-REPLY_ROOM = 0.25  # share of the context kept free for the reply
+MIN_TURN = 32  # tokens a message must at least have room for
 
 
 class Appliance:
     """One persona answering one typewriter."""
 
-    def __init__(self, persona: Persona, engine: Engine, port: str, width: int = 65):
+    def __init__(self, persona: Persona, engine: Engine, port: str, width: int = 65,
+                 prefill: bool = True):
         self.persona = persona
         self.engine = engine
-        gen = persona.generation
+        self.prefill = prefill
         self.frame = make_frame(persona, engine.chat_template, engine.bos, engine.eos)
-        budget = engine.n_ctx - max(gen.max_tokens, int(engine.n_ctx * REPLY_ROOM))
-        self.conversation = Conversation(self.frame, engine.count_tokens, budget)
+        reply_room = persona.generation.max_tokens
+        self.conversation = Conversation(self.frame, engine.tokenize, engine.n_ctx, reply_room)
+        if len(self.conversation.head) + reply_room + MIN_TURN > engine.n_ctx:
+            raise EngineError(
+                f"a context of {engine.n_ctx} tokens cannot hold persona {persona.name!r} "
+                f"({len(self.conversation.head)} tokens of frame, {reply_room} for a reply): "
+                "raise --ctx or shorten the persona's preamble and examples"
+            )
         self.editor = LineEditor()
         self.typesetter = Typesetter(width=width)
         self.events: queue.Queue[tuple] = queue.Queue()
@@ -50,6 +57,7 @@ class Appliance:
 
     def start(self) -> Appliance:
         self.link.open()
+        self._prefill("")
         return self
 
     def stop(self) -> None:
@@ -92,7 +100,9 @@ class Appliance:
         ev = self.editor.press(code)
         if ev is None:
             return
-        if ev.kind == "submit":
+        if ev.kind == "edit":
+            self._prefill(ev.text)
+        elif ev.kind == "submit":
             self.waiting.append(ev.text)
             self._next()
         elif ev.kind == "reset":
@@ -111,13 +121,14 @@ class Appliance:
         self.link.cancel()
         self.waiting.clear()
         self.conversation.reset()
+        self._prefill("")
         log.info("conversation reset")
 
     def _next(self) -> None:
         if self.reply is not None or not self.waiting:
             return
         message = self.waiting.pop(0)
-        prompt = self.conversation.prompt(message)
+        prompt = self.conversation.prompt_tokens(message)
         self.reply = self.engine.generate(prompt, self.frame.stops, self.persona.generation)
         self.reply_message = message
         self.reply_text = ""
@@ -147,13 +158,20 @@ class Appliance:
         text = self.reply_text.strip()
         self.link.print_text(self.typesetter.finish() + "\n\n")
         self.at_line_start = True
-        self.conversation.add(self.reply_message, text)
-        log.info("reply: %d tokens (%s), prompt %d tokens", reply.tokens, reply.stop_reason,
-                 reply.prompt_tokens)
+        self.conversation.add(self.reply_message, text, reply)
+        log.info("reply: %d tokens (%s), prompt %d tokens of which %d evaluated at submit",
+                 reply.tokens, reply.stop_reason, reply.prompt_tokens, reply.evaluated)
         self.reply = None
         self.replies += 1
         self.on_reply(text)
         self._next()
+        if self.reply is None:
+            self._prefill(self.editor.text)
+
+    def _prefill(self, typed: str) -> None:
+        """Let the engine evaluate the prompt as far as it is known while the person types."""
+        if self.prefill and self.reply is None:
+            self.engine.prefill(self.conversation.typing_tokens(typed))
 
     def _typeset_line(self, text: str) -> None:
         self.typesetter.start(0)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence, Union
 
 
 class EngineError(Exception):
@@ -74,6 +75,8 @@ class StopFilter:
         self.stops = [s for s in stops if s]
         self.held = ""
         self.stopped = False
+        self.overshoot = ""  # what followed the stop string in the text fed
+        self.stopped_at = ""  # the stop string that matched
 
     def feed(self, text: str) -> str:
         if self.stopped:
@@ -82,6 +85,8 @@ class StopFilter:
         cut = min((i for i in (self.held.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
             self.stopped = True
+            self.stopped_at = next(s for s in self.stops if self.held.find(s) == cut)
+            self.overshoot = self.held[cut + len(self.stopped_at) :]
             out, self.held = self.held[:cut], ""
             return out
         keep = 0
@@ -125,10 +130,19 @@ class Reply:
 
     pieces: queue.Queue[Optional[str]] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
-    tokens: int = 0
+    sampled: List[int] = field(default_factory=list)  # every token sampled, in order
     prompt_tokens: int = 0
-    stop_reason: str = ""
+    evaluated: int = 0  # prompt tokens that were not in the cache at submit
+    stop_reason: str = ""  # stop, eos, length, cancelled
+    stopped_at: str = ""  # the stop string that ended the reply
+    overshoot: str = ""  # text sampled after the stop string, in the stop's last token
+    first_token_at: float = 0.0
+    done_at: float = 0.0
     error: Optional[BaseException] = None
+
+    @property
+    def tokens(self) -> int:
+        return len(self.sampled)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -146,8 +160,40 @@ class Reply:
         return "".join(self)
 
 
+def repacks_weights() -> bool:
+    """Whether llama.cpp copies Q4_0 weights into its own layout at load on this CPU.
+
+    It does where AVX2 (x86) or dot-product instructions (ARM, e.g. the Pi 5)
+    exist; the file's pages would then be held twice with mmap on.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx2", "asimddp"})
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+PREFILL_CHUNK = 8  # tokens per evaluation while typing: small, so a submit never waits long
+
+
 class Engine:
-    """One GGUF model on one worker thread."""
+    """One GGUF model on one worker thread.
+
+    Besides generating, the worker *prefills*: while the person types, it
+    evaluates the prompt as it will be at submit, so that on submit only the
+    last few tokens remain. Prompts are token lists; the KV cache keeps the
+    longest prefix shared with the next prompt, so no turn is evaluated twice.
+    """
 
     def __init__(
         self,
@@ -156,18 +202,24 @@ class Engine:
         n_threads: Optional[int] = None,
         n_batch: int = 64,
         seed: int = -1,
+        mmap: Optional[bool] = None,
     ):
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx
         self.n_threads = n_threads or physical_cores()
         self.n_batch = n_batch
         self.seed = seed
+        self.mmap = (not repacks_weights()) if mmap is None else mmap
         self.chat_template: Optional[str] = None
         self.bos = ""
         self.eos = ""
+        self.prefilled = 0  # tokens evaluated ahead of a submit
         self._jobs: queue.Queue[Optional[Callable[[], None]]] = queue.Queue()
+        self._target: List[int] = []
+        self._target_lock = threading.Lock()
         self._llm = None
         self._thread: Optional[threading.Thread] = None
+        self.last_active = time.monotonic()
 
     def start(self) -> Engine:
         """Load the model on the worker; raises EngineError if it cannot be loaded."""
@@ -193,7 +245,7 @@ class Engine:
                 n_batch=self.n_batch,
                 n_ubatch=self.n_batch,
                 seed=self.seed if self.seed >= 0 else 0xFFFFFFFF,
-                use_mmap=True,
+                use_mmap=self.mmap,
                 verbose=False,
             )
         except Exception as e:  # llama.cpp reports load failures as ValueError/RuntimeError
@@ -209,6 +261,7 @@ class Engine:
             if job is None:
                 break
             job()
+            self.last_active = time.monotonic()
         self._llm.close()
         self._llm = None
 
@@ -217,36 +270,77 @@ class Engine:
             return ""
         return self._llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
 
-    def _call(self, fn: Callable[[], object]) -> object:
-        """Run fn on the worker and wait for its result."""
-        done: queue.Queue[tuple] = queue.Queue()
+    # -- tokens ---------------------------------------------------------------------------
 
-        def job() -> None:
-            try:
-                done.put((fn(), None))
-            except Exception as e:
-                done.put((None, e))
-
-        self._jobs.put(job)
-        result, error = done.get()
-        if error is not None:
-            raise error
-        return result
+    def tokenize(self, text: str, bos: bool = False) -> List[int]:
+        """Token ids of text. Safe from any thread: it reads only the vocabulary."""
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False)
 
     def count_tokens(self, text: str) -> int:
-        return len(self._call(lambda: self._llm.tokenize(text.encode(), add_bos=True)))
+        return len(self.tokenize(text, bos=True))
 
-    def generate(self, prompt: str, stops: Sequence[str], sampling: Sampling) -> Reply:
-        """Start generating a reply to prompt; returns at once with a Reply to stream."""
+    # -- prefill ----------------------------------------------------------------------------
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        """Evaluate tokens ahead of time; the next prompt that starts with them skips them.
+
+        Only the latest call counts: typing faster than the model evaluates
+        never queues work, and a backspace just moves the target back.
+        """
+        with self._target_lock:
+            self._target = list(tokens)
+        self._jobs.put(self._prefill)
+
+    def _rewind(self, n: int) -> None:
+        """Forget the cache beyond n tokens (llama-cpp-python needs both fields reset)."""
+        llm = self._llm
+        llm._ctx.kv_cache_seq_rm(-1, n, -1)
+        llm.n_tokens = n
+        llm._requires_eval = True
+
+    def _prefill(self) -> None:
+        llm = self._llm
+        while True:
+            with self._target_lock:
+                target = self._target
+            keep = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), target)
+            if keep < llm.n_tokens:
+                self._rewind(keep)
+            if keep >= len(target) or len(target) >= self.n_ctx:
+                return
+            chunk = target[keep : keep + PREFILL_CHUNK]
+            llm.eval(chunk)
+            self.prefilled += len(chunk)
+            if not self._jobs.empty():  # a submit or a newer target: let it run first
+                return
+
+    def settle(self) -> None:
+        """Wait until the worker has done everything asked of it so far (prefill included)."""
+        done = threading.Event()
+        self._jobs.put(done.set)
+        done.wait()
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def generate(self, prompt: Union[str, Sequence[int]], stops: Sequence[str],
+                 sampling: Sampling) -> Reply:
+        """Start generating a reply; returns at once with a Reply to stream.
+
+        prompt is text (tokenized with BOS) or the exact token list.
+        """
         reply = Reply()
-        self._jobs.put(lambda: self._generate(reply, prompt, list(stops), sampling))
+        tokens = self.tokenize(prompt, bos=True) if isinstance(prompt, str) else list(prompt)
+        with self._target_lock:
+            self._target = []
+        self._jobs.put(lambda: self._generate(reply, tokens, list(stops), sampling))
         return reply
 
-    def _generate(self, reply: Reply, prompt: str, stops: list, sampling: Sampling) -> None:
+    def _generate(self, reply: Reply, tokens: List[int], stops: list, sampling: Sampling) -> None:
         llm = self._llm
         try:
-            tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
             reply.prompt_tokens = len(tokens)
+            reply.evaluated = len(tokens) - common_prefix(
+                llm.input_ids[: llm.n_tokens].tolist(), tokens)
             room = self.n_ctx - len(tokens)
             if room <= 0:
                 raise EngineError(
@@ -266,18 +360,22 @@ class Engine:
                 reset=True,
             )
             for token in stream:
+                if not reply.sampled:
+                    reply.first_token_at = time.perf_counter()
                 if reply.cancelled.is_set():
                     reply.stop_reason = "cancelled"
                     break
                 if token in end:
                     reply.stop_reason = "eos"
                     break
-                reply.tokens += 1
+                reply.sampled.append(token)
                 out = stop.feed(joiner.feed(llm.detokenize([token])))
                 if out:
                     reply.pieces.put(out)
                 if stop.stopped:
                     reply.stop_reason = "stop"
+                    reply.stopped_at = stop.stopped_at
+                    reply.overshoot = stop.overshoot
                     break
                 if reply.tokens >= limit:
                     break
@@ -288,6 +386,7 @@ class Engine:
         except Exception as e:
             reply.error = e
         finally:
+            reply.done_at = time.perf_counter()
             reply.pieces.put(None)
 
     def close(self) -> None:

@@ -208,12 +208,19 @@ def _line(text: str) -> str:
 
 
 class DialogueFrame:
-    """A play-script document: `LABEL: text` lines, ending with the character's label."""
+    """A play-script document: `LABEL: text` lines, ending with the character's label.
+
+    Token-exact: the conversation is kept as the tokens the model saw and
+    sampled, turn by turn, each turn starting on a fresh line.
+    """
+
+    token_exact = True
+    separator = "\n"  # ends a reply line; the stop that ends every reply
 
     def __init__(self, config: FrameConfig, extra_stops: Sequence[str] = ()):
         self.config = config
         self.reply_prefix = f"{config.character_label}:"
-        self.stops = ["\n", f"{config.user_label}:", *extra_stops]
+        self.stops = [self.separator, f"{config.user_label}:", *extra_stops]
         head = config.preamble + "\n\n" if config.preamble else ""
         for ex in config.examples:
             head += self._turn("user", ex.user) + self._turn("character", ex.character)
@@ -223,13 +230,28 @@ class DialogueFrame:
         label = self.config.user_label if role == "user" else self.config.character_label
         return f"{label}: {_line(text)}\n"
 
+    def typing(self, partial: str) -> str:
+        """The person's turn as typed so far (what prefill evaluates)."""
+        return f"{self.config.user_label}: {_line(partial)}"
+
+    def turn(self, message: str) -> str:
+        """The person's finished turn, handing over to the character."""
+        return self._turn("user", message) + self.reply_prefix
+
     def render(self, history: History, message: str) -> str:
         turns = "".join(self._turn(role, text) for role, text in history)
-        return self.head + turns + self._turn("user", message) + self.reply_prefix
+        return self.head + turns + self.turn(message)
 
 
 class ChatFrame:
-    """The model's own chat template, rendered in Jinja's immutable sandbox."""
+    """The model's own chat template, rendered in Jinja's immutable sandbox.
+
+    Rendered as text each turn: the engine's prefix cache keeps what did not
+    change (a re-tokenised reply may differ from the sampled tokens, so the
+    cache can miss from there on).
+    """
+
+    token_exact = False
 
     def __init__(self, config: FrameConfig, template: str, bos: str, eos: str,
                  extra_stops: Sequence[str] = ()):
@@ -274,6 +296,12 @@ class ChatFrame:
                                "frame.kind = 'dialogue' for this model") from e
         # llama.cpp adds BOS itself when tokenizing.
         return text[len(self.bos):] if self.bos and text.startswith(self.bos) else text
+
+    def render_typing(self, history: History, partial: str) -> str:
+        """The prompt up to the end of what has been typed so far."""
+        mark = "\ufff9"  # a character no one types: where the message goes
+        text = self.render(history, mark)
+        return text[: text.index(mark)] + partial if mark in text else ""
 
 
 def _template_exception(message: str) -> None:

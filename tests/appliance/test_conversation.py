@@ -1,46 +1,92 @@
-"""The conversation keeps the frame and drops the oldest exchanges to fit."""
+"""Token-level conversation and prefill, on the real engine."""
 
-from appliance.conversation import Conversation
+import pytest
 
+from appliance.conversation import HOLD_BACK, Conversation
+from appliance.engine import Engine, Reply, Sampling
+from appliance.persona import DialogueFrame, Example, FrameConfig
 
-class Frame:
-    """The smallest frame: one line per turn, as the dialogue frame renders."""
-
-    def render(self, history, message):
-        lines = [f"{role}: {text}" for role, text in history] + [f"user: {message}", "character:"]
-        return "FRAME\n" + "\n".join(lines)
-
-
-def words(text):
-    return len(text.split())
+FRAME = DialogueFrame(FrameConfig(
+    user_label="ROMEO", character_label="JULIET", preamble="A conversation in Verona.",
+    examples=(Example("Who is there?", "A friend."),),
+))
+GREEDY = Sampling(max_tokens=8, temperature=0.0)
 
 
-def test_history_is_kept_while_it_fits():
-    c = Conversation(Frame(), words, budget=100)
-    c.add("hello", "good morrow")
-    assert "user: hello" in c.prompt("again")
-    assert c.last_reply == "good morrow"
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    e = Engine(tiny_model, n_ctx=512, n_threads=2, seed=1).start()
+    yield e
+    e.close()
 
 
-def test_oldest_exchanges_are_dropped_first_and_frame_stays():
-    c = Conversation(Frame(), words, budget=12)
-    for i in range(5):
-        c.add(f"message {i}", f"reply {i}")
-    prompt = c.prompt("now")
-    assert prompt.startswith("FRAME")
-    assert words(prompt) <= 12
-    assert "message 4" in prompt and "message 0" not in prompt
+def type_into(engine, conversation, keys):
+    """Prefill as a person types keys ("<" is a backspace)."""
+    text = ""
+    for ch in keys:
+        text = text[:-1] if ch == "<" else text + ch
+        engine.prefill(conversation.typing_tokens(text))
+    engine.settle()
+    return text
 
 
-def test_a_message_too_long_for_the_budget_still_gets_a_prompt():
-    c = Conversation(Frame(), words, budget=3)
-    c.add("a", "b")
-    assert c.prompt("far too many words for this budget").endswith("character:")
-    assert c.history == []
+def test_prefill_backspace_submit_equals_evaluating_from_scratch(tiny_model, engine):
+    conv = Conversation(FRAME, engine.tokenize, 512, 8)
+    message = type_into(engine, conv, "What lightt< through yonder windo<ow breaks?")
+    assert message == "What light through yonder window breaks?"
+    assert engine.prefilled > 0
+    tokens = conv.prompt_tokens(message)
+    warm = engine.generate(tokens, [], GREEDY)
+    warm.text()
+    assert warm.evaluated <= HOLD_BACK + 6, "on submit only the last tokens and label remain"
+
+    cold_engine = Engine(tiny_model, n_ctx=512, n_threads=2, seed=1).start()
+    try:
+        scratch = FRAME.head + FRAME.turn(message)
+        assert cold_engine.tokenize(scratch, True) == tokens
+        cold = cold_engine.generate(scratch, [], GREEDY)
+        cold.text()
+    finally:
+        cold_engine.close()
+    assert cold.evaluated == len(tokens)
+    assert warm.sampled[0] == cold.sampled[0]
 
 
-def test_reset_forgets_everything():
-    c = Conversation(Frame(), words, budget=100)
-    c.add("a", "b")
-    c.reset()
-    assert c.last_reply == "" and c.history == []
+def test_history_is_kept_as_the_sampled_tokens(engine):
+    conv = Conversation(FRAME, engine.tokenize, 512, 8)
+    tokens = conv.prompt_tokens("Hello")
+    reply = Reply(sampled=[11, 12, engine.tokenize("\n")[0]], stop_reason="stop", stopped_at="\n")
+    conv.add("Hello", "sampled words", reply)
+    assert conv.exchanges[0].tokens == tokens[len(conv.head):] + reply.sampled
+    assert conv.prompt_tokens("Again")[: len(tokens) + 3] == tokens + reply.sampled
+    assert conv.history == [("user", "Hello"), ("character", "sampled words")]
+
+
+def test_a_reply_cut_short_still_ends_its_line(engine):
+    conv = Conversation(FRAME, engine.tokenize, 512, 8)
+    conv.prompt_tokens("Hello")
+    conv.add("Hello", "half a", Reply(sampled=[5, 6], stop_reason="length"))
+    assert conv.exchanges[0].tokens[-len(engine.tokenize(" half a\n")):] == engine.tokenize(
+        " half a\n")
+
+
+def test_fifty_turns_in_a_small_context_keep_the_frame(engine):
+    n_ctx = 256
+    conv = Conversation(FRAME, engine.tokenize, n_ctx, 24)
+    for i in range(50):
+        message = f"Turn {i}: tell me of the moon and the stars over the orchard wall."
+        type_into(engine, conv, message[:20])
+        tokens = conv.prompt_tokens(message)
+        assert tokens[: len(conv.head)] == conv.head, "the persona frame is always there"
+        assert len(tokens) + 24 <= n_ctx
+        reply = engine.generate(tokens, ["\n"], Sampling(max_tokens=24, temperature=1.0))
+        conv.add(message, reply.text().strip(), reply)
+    assert 0 < len(conv.exchanges) < 50
+    assert conv.exchanges[-1].message.startswith("Turn 49")
+
+
+def test_a_message_longer_than_the_context_is_cut_not_refused(engine):
+    conv = Conversation(FRAME, engine.tokenize, 256, 24)
+    tokens = conv.prompt_tokens("word " * 400 + "the end")
+    assert len(tokens) + 24 <= 256
+    assert engine.generate(tokens, ["\n"], Sampling(max_tokens=24)).text() is not None

@@ -1,9 +1,14 @@
-"""`typewriter bench`: how fast a model answers on this machine, measured, not asserted.
+"""Benchmarks: measured, not asserted.
 
-For each model it measures load time, prompt evaluation and decoding speed
-(tokens/s), the time from submit to the first reply token, and characters per
-token on English text; and it sets the resulting characters per second beside
-what the typewriter can print, which is the bar a reply has to keep up with.
+`typewriter model bench` (`model_speed`): for each model, load time, prompt and
+decode speed, characters per token on English text, and the resulting
+characters per second beside what the typewriter can print.
+
+`typewriter bench` (`end_to_end`): the whole appliance against a simulated
+typewriter over a pty, a person typing at a steady rate: time from submit to
+the first reply byte on the wire with prefill and without, side by side in
+one run; decode speed in the appliance against a bare llama-cpp-python loop;
+memory beyond the model; and how long the printer waits for text mid-reply.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import platform
 import resource
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from appliance.engine import Engine, Sampling
 from appliance.model_synth import CORPUS
@@ -66,7 +71,7 @@ def measure(model: Path, threads: int, tokens: int = 64) -> Dict[str, float]:
     }
 
 
-def run(models: List[Path], threads: int, out: Path) -> List[Dict[str, float]]:
+def model_speed(models: List[Path], threads: int, out: Path) -> List[Dict[str, float]]:
     results = [measure(m, threads) for m in models]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
@@ -78,3 +83,186 @@ def run(models: List[Path], threads: int, out: Path) -> List[Dict[str, float]]:
         "results": results,
     }, indent=2) + "\n")
     return results
+
+
+# -- end to end ---------------------------------------------------------------------------
+
+# Five messages of about 40 tokens each, as a person would type them.
+MESSAGES = [
+    "Good evening, fair lady. I have walked all night beneath the orchard wall to find "
+    "your window; will you tell me who you are?",
+    "They say your house and mine are bitter enemies, yet I cannot believe that a name "
+    "alone should keep two honest hearts apart.",
+    "Tell me what you would have me do, and I will do it, whether it be to stay here "
+    "until the morning or to leave before the lark.",
+    "The moon is bright upon the garden and the air is cold; do you not fear that someone "
+    "in your father's house will hear us speaking?",
+    "If I return tomorrow at this same hour, will you come again to the window and speak "
+    "with me a little longer than tonight?",
+]
+# The bench model says this to everything: short replies keep the run short,
+# and a scripted model costs llama.cpp exactly what a random one of its shape does.
+REPLY_SCRIPT = "Fair friend, the night is young and sweet.\nROMEO:"
+EXPECTED_REPLY_CHARS = len(REPLY_SCRIPT.split("\n")[0])
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class _PeakRss:
+    """Samples this process's resident memory while the appliance runs."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, _rss_mb())
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def _percentile(values: List[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _conversation(engine: Engine, persona, prefill: bool, rate: float, cps: float,
+                  messages: List[str]) -> Dict[str, list]:
+    """Type the messages into a fresh appliance; time what comes back."""
+    import threading
+
+    from appliance.cli import wait_for
+    from appliance.daemon import Appliance
+    from firmware_bridge import messages as m
+    from firmware_bridge.simulator import SimulatedTypewriter
+
+    sim = SimulatedTypewriter(cps=cps, cr_seconds=0.5, record=True)
+    app = Appliance(persona, engine, sim.start(), prefill=prefill).start()
+    replies: list = []
+    app.on_reply = lambda text, reply: replies.append(reply)
+    runner = threading.Thread(target=app.run, daemon=True)
+    runner.start()
+    ttft, idle, evaluated = [], [], []
+    try:
+        if not wait_for(lambda: app.link.up, 10):
+            raise RuntimeError("the simulated typewriter did not answer")
+        if not prefill:
+            engine.forget()  # nothing left in the cache from the run before
+        engine.settle()
+        for i, message in enumerate(messages):
+            sim.type_text(message + "\n", cps=rate)
+            submitted = time.monotonic()
+            sim.press(m.KEY_RETURN)
+            if not wait_for(lambda n=i: len(replies) > n and app.idle, 300):
+                raise RuntimeError("no reply within 300 s")
+            sim.wait_printed(300)
+            first = next(t for t, _ in sim.received if t >= submitted)
+            ttft.append(first - submitted)
+            idle.append(_printer_idle(sim, submitted, cps, 0.5))
+            evaluated.append(replies[-1].evaluated)
+    finally:
+        app.stop()
+        runner.join()
+        app.close()
+        sim.stop()
+    decode = [(r.tokens - 1) / (r.done_at - r.first_token_at) for r in replies if r.tokens > 1]
+    return {"ttft": ttft, "idle": idle, "decode": decode, "evaluated": evaluated}
+
+
+def _printer_idle(sim, since: float, cps: float, cr_seconds: float) -> float:
+    """Seconds the mechanism stood waiting for text between a reply's first and last byte."""
+    struck = [(t, b) for t, b in sim.struck if t >= since]
+    idle = 0.0
+    for (t0, b0), (t1, _) in zip(struck, struck[1:]):
+        busy = cr_seconds if b0 == 0x0A else 1.0 / cps
+        idle += max(0.0, t1 - t0 - busy - 0.02)  # 20 ms: the simulator's own polling
+    return idle
+
+
+def _bare_decode(model: Path, threads: int, mmap: bool, tokens: int) -> float:
+    """Decode tokens/s of a plain llama-cpp-python loop: the appliance's ceiling."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(model), n_ctx=1024, n_threads=threads, n_batch=64, n_ubatch=64,
+                use_mmap=mmap, verbose=False, seed=1)
+    try:
+        prompt = llm.tokenize(PROMPT.encode(), add_bos=True)
+        stamps = []
+        for _ in llm.generate(prompt, temp=0.0):
+            stamps.append(time.perf_counter())
+            if len(stamps) > tokens:
+                break
+    finally:
+        llm.close()
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def end_to_end(model: Path, shape: str, threads: int, rate: float = 5.0, cps: float = 12.0,
+               exchanges: int = 5, out: Optional[Path] = None) -> Dict[str, object]:
+    """Prefill against evaluate-on-submit, through the simulated typewriter."""
+    from statistics import median
+
+    from appliance.persona import Example, FrameConfig, Generation, Persona
+
+    persona = Persona(
+        name="Juliet", folder=model.parent, model_path=model,
+        frame=FrameConfig(user_label="ROMEO", character_label="JULIET",
+                          preamble="Juliet speaks with a visitor at her window in Verona.",
+                          examples=(Example("Who is there?", "A friend of the night."),)),
+        generation=Generation(max_tokens=40, temperature=0.0),
+    )
+    messages = (MESSAGES * (exchanges // len(MESSAGES) + 1))[:exchanges]
+    baseline_mb = _rss_mb()
+    rss = _PeakRss()
+    engine = Engine(model, n_ctx=1024, n_threads=threads, seed=1).start()
+    message_tokens = [len(engine.tokenize(" " + msg)) for msg in messages]
+    try:
+        with_prefill = _conversation(engine, persona, True, rate, cps, messages)
+        on_submit = _conversation(engine, persona, False, rate, cps, messages)
+    finally:
+        engine.close()
+        peak = rss.stop()
+    bare = _bare_decode(model, threads, engine.mmap, 64)
+    model_mb = model.stat().st_size / 2**20
+    result: Dict[str, object] = {
+        "shape": shape,
+        "threads": threads,
+        "machine": f"{platform.machine()} {platform.processor()}".strip(),
+        "typing_cps": rate,
+        "printer_cps": cps,
+        "exchanges": exchanges,
+        "message_tokens": message_tokens,
+        "ttft_prefill_s": round(median(with_prefill["ttft"]), 3),
+        "ttft_prefill_p95_s": round(_percentile(with_prefill["ttft"], 0.95), 3),
+        "ttft_submit_s": round(median(on_submit["ttft"]), 3),
+        "ttft_submit_p95_s": round(_percentile(on_submit["ttft"], 0.95), 3),
+        "tokens_at_submit_prefill": with_prefill["evaluated"],
+        "tokens_at_submit_no_prefill": on_submit["evaluated"],
+        "decode_tps_appliance": round(median(with_prefill["decode"] + on_submit["decode"]), 1),
+        "decode_tps_bare": round(bare, 1),
+        "rss_peak_mb": round(peak, 1),
+        "rss_before_model_mb": round(baseline_mb, 1),
+        "model_file_mb": round(model_mb, 1),
+        "rss_beyond_model_mb": round(peak - model_mb, 1),
+        "mmap": engine.mmap,
+        "printer_idle_s": round(max(with_prefill["idle"]), 3),
+    }
+    result["decode_step_s"] = round(1 / result["decode_tps_bare"], 4)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    return result

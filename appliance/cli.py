@@ -33,20 +33,13 @@ def model_for(persona: Persona, override: Optional[str]) -> Path:
         return Path(override)
     if persona.model_path.exists() or not persona.synthetic:
         return persona.model_path
-    path = cache_dir() / "models" / f"synthetic-{persona.synthetic}.gguf"
-    if not path.exists():
-        try:
-            from appliance.model_synth import synthesize
-        except ImportError as e:
-            raise CliError(
-                f"persona {persona.name!r} needs a synthetic model and the synth tools are missing "
-                f"({e.name}): pip install 'typewriter-appliance[synth]'"
-            ) from e
-        path.parent.mkdir(parents=True, exist_ok=True)
-        print(f"Writing a synthetic {persona.synthetic} model to {path} (first run only)...",
-              file=sys.stderr)
-        synthesize(persona.synthetic, path)
-    return path
+    try:
+        return synthetic(persona.synthetic)
+    except ImportError as e:
+        raise CliError(
+            f"persona {persona.name!r} needs a synthetic model and the synth tools are missing "
+            f"({e.name}): pip install 'typewriter-appliance[synth]'"
+        ) from e
 
 
 def load(args: argparse.Namespace) -> tuple[Persona, Engine]:
@@ -139,23 +132,40 @@ def cmd_model_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from appliance import bench
+def synthetic(shape: str, script: Optional[str] = None, tag: str = "") -> Path:
+    """A synthetic model of a shape, written once into the cache."""
     from appliance.model_synth import synthesize
 
-    models = [Path(p) for p in args.model]
-    for shape in args.shape:
-        path = cache_dir() / "models" / f"synthetic-{shape}.gguf"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            synthesize(shape, path)
-        models.append(path)
+    path = cache_dir() / "models" / f"synthetic-{shape}{tag}.gguf"
+    if not path.exists():
+        print(f"Writing a synthetic {shape} model to {path} (first run only)...", file=sys.stderr)
+        synthesize(shape, path, script=script)
+    return path
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from appliance import bench
+
+    model = synthetic(args.shape, bench.REPLY_SCRIPT, "-bench")
+    result = bench.end_to_end(model, args.shape, args.threads or physical_cores(),
+                              rate=args.rate, cps=args.cps, exchanges=args.exchanges,
+                              out=Path(args.json))
+    for key, value in result.items():
+        print(f"{key:28} {value}")
+    print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_model_bench(args: argparse.Namespace) -> int:
+    from appliance import bench
+
+    models = [Path(p) for p in args.model] + [synthetic(shape) for shape in args.shape]
     for path in models:
         check_gguf(path)
-    results = bench.run(models, args.threads or physical_cores(), Path(args.out))
+    results = bench.model_speed(models, args.threads or physical_cores(), Path(args.json))
     for r in results:
         print("  ".join(f"{k}={v}" for k, v in r.items()))
-    print(f"wrote {args.out}")
+    print(f"wrote {args.json}")
     return 0
 
 
@@ -229,13 +239,13 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--script", help="a file whose text is typed instead of the keyboard")
     sim.set_defaults(func=cmd_simulate)
 
-    bench = sub.add_parser("bench", help="measure model speed against the typewriter's pace")
-    bench.add_argument("--shape", action="append", default=[],
-                       help="synthetic model shape to measure (repeatable)")
-    bench.add_argument("--model", action="append", default=[],
-                       help="a GGUF to measure (repeatable)")
+    bench = sub.add_parser("bench", help="prefill against evaluate-on-submit, end to end")
+    bench.add_argument("--shape", default="tinyllama-1.1b", help="synthetic model shape")
+    bench.add_argument("--json", default="bench-results/bench.json", help="results file")
+    bench.add_argument("--rate", type=CPS, default=5.0, help="typing speed, characters/second")
+    bench.add_argument("--cps", type=CPS, default=12.0, help="print speed, characters/second")
+    bench.add_argument("--exchanges", type=bounded(int, 1, 100), default=5)
     bench.add_argument("--threads", type=bounded(int, 1, 256), default=None)
-    bench.add_argument("--out", default="bench-results/bench.json")
     bench.set_defaults(func=cmd_bench)
 
     model = sub.add_parser("model", help="model tools")
@@ -247,6 +257,14 @@ def parser() -> argparse.ArgumentParser:
     synth.add_argument("--script", help="a model that answers every prompt with this text")
     synth.add_argument("out")
     synth.set_defaults(func=cmd_model_synth)
+    speed = msub.add_parser("bench", help="load, prompt and decode speed of models")
+    speed.add_argument("--shape", action="append", default=[],
+                       help="synthetic model shape to measure (repeatable)")
+    speed.add_argument("--model", action="append", default=[],
+                       help="a GGUF to measure (repeatable)")
+    speed.add_argument("--threads", type=bounded(int, 1, 256), default=None)
+    speed.add_argument("--json", default="bench-results/models.json", help="results file")
+    speed.set_defaults(func=cmd_model_bench)
     return p
 
 

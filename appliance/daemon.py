@@ -51,7 +51,7 @@ class Appliance:
         self.replies = 0
         self.at_line_start = True
         self._stop = threading.Event()
-        self.on_reply: Callable[[str], None] = lambda text: None
+        self.on_reply: Callable[[str, Reply], None] = lambda text, reply: None
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -163,7 +163,7 @@ class Appliance:
                  reply.tokens, reply.stop_reason, reply.prompt_tokens, reply.evaluated)
         self.reply = None
         self.replies += 1
-        self.on_reply(text)
+        self.on_reply(text, reply)
         self._next()
         if self.reply is None:
             self._prefill(self.editor.text)

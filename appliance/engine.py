@@ -291,6 +291,10 @@ class Engine:
             self._target = list(tokens)
         self._jobs.put(self._prefill)
 
+    def forget(self) -> None:
+        """Empty the cache, as just after loading (benchmarks start each run cold)."""
+        self.prefill([])
+
     def _rewind(self, n: int) -> None:
         """Forget the cache beyond n tokens (llama-cpp-python needs both fields reset)."""
         llm = self._llm
@@ -330,8 +334,8 @@ class Engine:
         """
         reply = Reply()
         tokens = self.tokenize(prompt, bos=True) if isinstance(prompt, str) else list(prompt)
-        with self._target_lock:
-            self._target = []
+        with self._target_lock:  # prefill still queued now works toward this very prompt
+            self._target = tokens
         self._jobs.put(lambda: self._generate(reply, tokens, list(stops), sampling))
         return reply
 

@@ -45,7 +45,9 @@ class Typesetter:
     """Streams text into print bytes wrapped to the carriage width.
 
     feed() returns only what is safe to strike now; finish() flushes the last
-    word. A word is never split unless it is longer than a whole line.
+    word. A word is never split unless it is longer than a whole line. Mid-line
+    a word waits until it is complete (it may not fit); at the start of a line
+    it is struck as it comes.
     """
 
     def __init__(self, width: int = 65, bell_margin: int = 8):
@@ -56,13 +58,14 @@ class Typesetter:
         self.column = 0
         self.word = ""
         self.space = False  # a space is due before the next word
+        self.streaming = False  # the word being typed started a line and is struck as it comes
         self.rang = False
 
     def start(self, column: int = 0) -> None:
         """Begin a new piece of text with the carriage at column."""
         self.column = column
         self.word = ""
-        self.space = False
+        self.space = self.streaming = False
         self.rang = column > self.bell_at
 
     def feed(self, text: str) -> str:
@@ -71,10 +74,18 @@ class Typesetter:
             if ch == "\n":
                 out.append(self._flush_word())
                 out.append(self._newline())
-                self.space = False
+                self.space = self.streaming = False
             elif ch == " ":
                 out.append(self._flush_word())
                 self.space = self.column > 0
+                self.streaming = False
+            elif self.column == 0 or self.streaming:
+                # A word that starts a line fits (or is broken hard anyway): strike it
+                # as it comes, so the first words of a reply need not wait for the next.
+                self.streaming = True
+                if self.column == self.width:
+                    out.append(self._newline())
+                out.append(self._strike(ch))
             else:
                 self.word += ch
                 if len(self.word) > self.width:  # longer than a line: break it hard

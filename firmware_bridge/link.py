@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 DEAD_AFTER = 3.0
 REOPEN_EVERY = 1.0
+READ_WAIT = 0.05  # longest idle wait; retransmission (100 ms) and liveness need the loop
 HOST_CAPS = 0
 
 
@@ -42,7 +43,7 @@ def open_port(port: str) -> serial.Serial:
             "`typewriter simulate` printed (--port)"
         )
     try:
-        return serial.serial_for_url(port, baudrate=115200, timeout=0.02, write_timeout=1.0)
+        return serial.serial_for_url(port, baudrate=115200, timeout=READ_WAIT, write_timeout=1.0)
     except (serial.SerialException, OSError) as e:
         raise LinkError(f"cannot open serial port {port}: {e}") from e
 
@@ -98,6 +99,13 @@ class Link:
         data = text.encode("ascii", errors="ignore")
         with self._lock:
             self._to_print.extend(data)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Cut the I/O thread's wait short so new text goes out at once."""
+        port = self._serial
+        if port is not None and hasattr(port, "cancel_read"):
+            port.cancel_read()
 
     def cancel(self) -> None:
         """Drop everything not yet printed, here and in the firmware."""
@@ -105,6 +113,7 @@ class Link:
             self._to_print.clear()
             self.session.drop_queued(m.PRINT)
             self.session.send(m.CANCEL, b"")
+        self._wake()
 
     @property
     def unprinted(self) -> int:

@@ -17,7 +17,7 @@ import termios
 import threading
 import time
 import tty
-from typing import Callable, List, Optional, TextIO
+from typing import Callable, List, Optional, TextIO, Tuple
 
 from firmware_bridge import messages as m
 from firmware_bridge.device import Device
@@ -68,12 +68,17 @@ class SimulatedTypewriter:
 
     def __init__(self, width: int = 65, cps: float = 12.0, cr_seconds: float = 0.5,
                  name: str = "simulated typewriter", boot_id: Optional[int] = None,
-                 on_strike: Optional[Callable[[str], None]] = None):
+                 on_strike: Optional[Callable[[str], None]] = None, record: bool = False):
         self.paper = Paper(width)
         self.cps = cps
         self.cr_seconds = cr_seconds
         self.on_strike = on_strike or (lambda ch: None)
         self.bells = 0
+        # With record on, (time, bytes) of every PRINT body accepted and (time, byte)
+        # of every printed byte, for benchmarks measuring what reaches the paper when.
+        self.record = record
+        self.received: List[Tuple[float, int]] = []
+        self.struck: List[Tuple[float, int]] = []
         self.device = Device(name, boot_id if boot_id is not None else random.getrandbits(32),
                              time.monotonic)
         self._lock = threading.Lock()
@@ -158,7 +163,11 @@ class SimulatedTypewriter:
                     time.sleep(0.01)
             with self._lock:
                 if data:
+                    queued = len(self.device.print_queue)
                     self.device.feed(data)
+                    if self.record and len(self.device.print_queue) > queued:
+                        self.received.append((time.monotonic(),
+                                              len(self.device.print_queue) - queued))
                 self._mechanism()
                 out = self.device.output()
             if out:
@@ -185,6 +194,8 @@ class SimulatedTypewriter:
             self.bells += 1
             self.device.printed(byte)
             return
+        if self.record:
+            self.struck.append((now, byte))
         if byte == m.PRINT_NEWLINE:
             self._strike("\n")
             self._busy_until = now + self.cr_seconds

@@ -90,3 +90,16 @@ def test_a_message_longer_than_the_context_is_cut_not_refused(engine):
     tokens = conv.prompt_tokens("word " * 400 + "the end")
     assert len(tokens) + 24 <= 256
     assert engine.generate(tokens, ["\n"], Sampling(max_tokens=24)).text() is not None
+
+
+def test_a_submit_right_after_typing_keeps_what_was_prefilled(engine):
+    conv = Conversation(FRAME, engine.tokenize, 512, 8)
+    engine.prefill(conv.typing_tokens(""))
+    engine.settle()
+    message = "Is it the east, and Juliet the sun?"
+    for i in range(1, len(message) + 1):
+        engine.prefill(conv.typing_tokens(message[:i]))
+    reply = engine.generate(conv.prompt_tokens(message), [], GREEDY)  # no settle between
+    reply.text()
+    turn = engine.tokenize(FRAME.turn(message))
+    assert reply.evaluated <= len(turn), "the frame must never be evaluated again"

@@ -55,12 +55,20 @@ def test_no_space_at_line_ends_or_starts():
         assert line == line.strip()
 
 
-def test_text_is_released_only_when_a_word_is_complete():
+def test_mid_line_a_word_waits_until_it_is_complete():
     t = Typesetter(width=30)
     assert t.feed("Good mor") == "Good"
     assert t.feed("row") == ""
     assert t.feed(", friend") == " morrow,"
     assert t.finish() == " friend"
+
+
+def test_a_word_that_starts_a_line_is_struck_as_it_comes():
+    t = Typesetter(width=10, bell_margin=0)
+    assert t.feed("Go") == "Go", "the first letters of a reply go out at once"
+    assert t.feed("od mor") == "od"
+    assert t.feed("row, abcdefgh") == "\nmorrow,", "mid-line, the last word waits"
+    assert t.finish() == "\nabcdefgh"
 
 
 @given(st.text(), st.integers(5, 80))

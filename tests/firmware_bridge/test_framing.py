@@ -110,7 +110,10 @@ def test_garbage_truncation_and_bit_flips_never_desynchronise(items, seed):
                 wire += bytes(bad) + b"\x00"
         else:
             wire += item + b"\x00"  # garbage, then the delimiter a receiver resyncs on
-    assert Decoder().feed(bytes(wire)) == expected
+    decoded = iter(Decoder().feed(bytes(wire)))
+    # Every good frame comes out, in order. (A damaged frame whose bytes happen to
+    # carry a matching CRC-16, 1 in 65,536, is a valid frame and may come out too.)
+    assert all(any(got == want for got in decoded) for want in expected)
 
 
 def test_overlong_run_is_dropped_and_counted():

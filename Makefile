@@ -26,7 +26,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	$(BIN)/typewriter bench --shape tiny --shape smollm2-135m --shape tinyllama-1.1b --out bench-results/bench.json
+	$(BIN)/typewriter bench --json bench-results/bench.json
+	$(BIN)/typewriter model bench --shape tiny --shape smollm2-135m --shape tinyllama-1.1b --json bench-results/models.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

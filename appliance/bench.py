@@ -90,15 +90,20 @@ def model_speed(models: List[Path], threads: int, out: Path) -> List[Dict[str, f
 # Five messages of about 40 tokens each, as a person would type them.
 MESSAGES = [
     "Good evening, fair lady. I have walked all night beneath the orchard wall to find "
-    "your window; will you tell me who you are?",
+    "your window, and now that I have found it I hardly know what to say; will you tell "
+    "me who you are?",
     "They say your house and mine are bitter enemies, yet I cannot believe that a name "
-    "alone should keep two honest hearts apart.",
+    "alone should keep two honest hearts apart when neither of them has done the other "
+    "any harm.",
     "Tell me what you would have me do, and I will do it, whether it be to stay here "
-    "until the morning or to leave before the lark.",
-    "The moon is bright upon the garden and the air is cold; do you not fear that someone "
-    "in your father's house will hear us speaking?",
-    "If I return tomorrow at this same hour, will you come again to the window and speak "
-    "with me a little longer than tonight?",
+    "beneath your window until the morning comes or to leave quietly before the lark "
+    "begins to sing.",
+    "The moon is bright upon the garden and the air is growing cold; do you not fear "
+    "that someone in your father's house will wake and hear the two of us speaking here "
+    "so late?",
+    "If I return tomorrow at this same hour, when the house is dark and the servants are "
+    "asleep, will you come again to the window and speak with me a little longer than "
+    "tonight?",
 ]
 # The bench model says this to everything: short replies keep the run short,
 # and a scripted model costs llama.cpp exactly what a random one of its shape does.

@@ -169,8 +169,17 @@ class Appliance:
             self._prefill(self.editor.text)
 
     def _prefill(self, typed: str) -> None:
-        """Let the engine evaluate the prompt as far as it is known while the person types."""
-        if self.prefill and self.reply is None:
+        """Let the engine evaluate the prompt as far as it is known while the person types.
+
+        After a return the message is probably complete (a second return sends
+        it), so the whole turn is evaluated, label included: if the person goes
+        on typing instead, the engine simply rewinds.
+        """
+        if not self.prefill or self.reply is not None:
+            return
+        if typed and self.at_line_start:
+            self.engine.prefill(self.conversation.prompt_tokens(typed))
+        else:
             self.engine.prefill(self.conversation.typing_tokens(typed))
 
     def _typeset_line(self, text: str) -> None:

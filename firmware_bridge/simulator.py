@@ -86,12 +86,13 @@ class SimulatedTypewriter:
         self._thread: Optional[threading.Thread] = None
         self._busy_until = 0.0
         self._striking: Optional[int] = None
-        self.master = self.slave = -1
+        self.master = self.slave = self._wake_r = self._wake_w = -1
         self.path = ""
 
     def start(self) -> str:
         """Open the pty and start the typewriter; returns the device path for the host."""
         self.master, self.slave = os.openpty()
+        self._wake_r, self._wake_w = os.pipe()  # a keystroke wakes the typewriter's loop
         for fd in (self.master, self.slave):
             tty.setraw(fd)
         self.path = os.ttyname(self.slave)
@@ -106,10 +107,10 @@ class SimulatedTypewriter:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        for fd in (self.master, self.slave):
+        for fd in (self.master, self.slave, self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)
-        self.master = self.slave = -1
+        self.master = self.slave = self._wake_r = self._wake_w = -1
 
     def __enter__(self) -> SimulatedTypewriter:
         return self
@@ -128,6 +129,8 @@ class SimulatedTypewriter:
                 ch = chr(code)
             if ch is not None:
                 self._strike(ch)
+        if self._wake_w >= 0:
+            os.write(self._wake_w, b"k")
 
     def type_text(self, text: str, cps: Optional[float] = None) -> None:
         """Type text as a person would ("\\n" is return), at cps if given."""
@@ -154,9 +157,13 @@ class SimulatedTypewriter:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            readable, _, _ = select.select([self.master], [], [], 0.005)
+            # Sleep until the mechanism's next strike is due (at most 50 ms) or bytes arrive.
+            wait = 0.05 if self._striking is None else max(0.0, self._busy_until - time.monotonic())
+            readable, _, _ = select.select([self.master, self._wake_r], [], [], min(wait, 0.05))
+            if self._wake_r in readable:
+                os.read(self._wake_r, 512)
             data = b""
-            if readable:
+            if self.master in readable:
                 try:
                     data = os.read(self.master, 4096)
                 except OSError:  # no host has the port open right now

@@ -53,7 +53,8 @@ def load(args: argparse.Namespace) -> tuple[Persona, Engine]:
         )
     mmap = {"auto": None, "on": True, "off": False}[args.mmap]
     engine = Engine(model, n_ctx=args.ctx, n_threads=args.threads,
-                    seed=persona.generation.seed, mmap=mmap).start()
+                    seed=persona.generation.seed, mmap=mmap,
+                    kv_quant=args.kv == "q8_0").start()
     return persona, engine
 
 
@@ -211,6 +212,8 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
                    help="evaluate the prompt on submit instead of while typing")
     p.add_argument("--mmap", choices=("auto", "on", "off"), default="auto",
                    help="map the model file (auto: off where llama.cpp repacks weights)")
+    p.add_argument("--kv", choices=("q8_0", "f16"), default="q8_0",
+                   help="KV cache type: q8_0 halves its memory, f16 decodes a little faster")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -129,22 +129,22 @@ class Appliance:
             return
         message = self.waiting.pop(0)
         prompt = self.conversation.prompt_tokens(message)
-        self.reply = self.engine.generate(prompt, self.frame.stops, self.persona.generation)
+        self.reply = self.engine.generate(prompt, self.frame.stops, self.persona.generation,
+                                          listener=self._heard)
         self.reply_message = message
         self.reply_text = ""
         if not self.at_line_start:
             self.link.print_text("\n")
         self.typesetter.start(0)
-        threading.Thread(target=self._pump, args=(self.reply,), daemon=True).start()
 
-    def _pump(self, reply: Reply) -> None:
-        """Move a reply's pieces onto the event queue (runs beside the main loop)."""
-        try:
-            for piece in reply:
-                self.events.put(("piece", reply, piece))
-        except Exception as e:
-            log.error("generation failed: %s", e)
-        self.events.put(("done", reply))
+    def _heard(self, reply: Reply, piece: Optional[str]) -> None:
+        """A reply's piece, or its end (None), from the engine's worker."""
+        if piece is None:
+            if reply.error is not None:
+                log.error("generation failed: %s", reply.error)
+            self.events.put(("done", reply))
+        else:
+            self.events.put(("piece", reply, piece))
 
     def _print_reply(self, piece: str) -> None:
         if not self.reply_text:

@@ -139,6 +139,8 @@ class Reply:
     first_token_at: float = 0.0
     done_at: float = 0.0
     error: Optional[BaseException] = None
+    # Called on the worker with (reply, piece) instead of queueing: saves a thread hop a token.
+    listener: Optional[Callable[[Reply, Optional[str]], None]] = None
 
     @property
     def tokens(self) -> int:
@@ -146,6 +148,13 @@ class Reply:
 
     def cancel(self) -> None:
         self.cancelled.set()
+
+    def emit(self, piece: Optional[str]) -> None:
+        """Hand a piece (None: the end) to the reader, or to the listener if one is set."""
+        if self.listener is not None:
+            self.listener(self, piece)
+        else:
+            self.pieces.put(piece)
 
     def __iter__(self) -> Iterator[str]:
         while True:
@@ -172,6 +181,16 @@ def repacks_weights() -> bool:
     except OSError:
         return False
     return bool(flags & {"avx2", "asimddp"})
+
+
+def kv_cache_options(quantized: bool) -> dict:
+    """Llama() options for the KV cache: Q8_0 halves it (needs flash attention in llama.cpp)."""
+    if not quantized:
+        return {}
+    import llama_cpp
+
+    return {"flash_attn": True, "type_k": llama_cpp.GGML_TYPE_Q8_0,
+            "type_v": llama_cpp.GGML_TYPE_Q8_0}
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -203,6 +222,7 @@ class Engine:
         n_batch: int = 64,
         seed: int = -1,
         mmap: Optional[bool] = None,
+        kv_quant: bool = True,
     ):
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx
@@ -210,6 +230,7 @@ class Engine:
         self.n_batch = n_batch
         self.seed = seed
         self.mmap = (not repacks_weights()) if mmap is None else mmap
+        self.kv_quant = kv_quant
         self.chat_template: Optional[str] = None
         self.bos = ""
         self.eos = ""
@@ -247,6 +268,7 @@ class Engine:
                 seed=self.seed if self.seed >= 0 else 0xFFFFFFFF,
                 use_mmap=self.mmap,
                 verbose=False,
+                **kv_cache_options(self.kv_quant),
             )
         except Exception as e:  # llama.cpp reports load failures as ValueError/RuntimeError
             loaded.put(e)
@@ -327,12 +349,14 @@ class Engine:
     # -- generation ---------------------------------------------------------------------------
 
     def generate(self, prompt: Union[str, Sequence[int]], stops: Sequence[str],
-                 sampling: Sampling) -> Reply:
+                 sampling: Sampling,
+                 listener: Optional[Callable[[Reply, Optional[str]], None]] = None) -> Reply:
         """Start generating a reply; returns at once with a Reply to stream.
 
-        prompt is text (tokenized with BOS) or the exact token list.
+        prompt is text (tokenized with BOS) or the exact token list. Without a
+        listener, iterate the Reply; with one, it receives each piece and then None.
         """
-        reply = Reply()
+        reply = Reply(listener=listener)
         tokens = self.tokenize(prompt, bos=True) if isinstance(prompt, str) else list(prompt)
         with self._target_lock:  # prefill still queued now works toward this very prompt
             self._target = tokens
@@ -375,7 +399,7 @@ class Engine:
                 reply.sampled.append(token)
                 out = stop.feed(joiner.feed(llm.detokenize([token])))
                 if out:
-                    reply.pieces.put(out)
+                    reply.emit(out)
                 if stop.stopped:
                     reply.stop_reason = "stop"
                     reply.stopped_at = stop.stopped_at
@@ -386,12 +410,12 @@ class Engine:
             if reply.stop_reason in ("length", "eos"):
                 tail = stop.feed(joiner.feed(b"")) + stop.finish()
                 if tail:
-                    reply.pieces.put(tail)
+                    reply.emit(tail)
         except Exception as e:
             reply.error = e
         finally:
             reply.done_at = time.perf_counter()
-            reply.pieces.put(None)
+            reply.emit(None)
 
     def close(self) -> None:
         if self._thread is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from appliance.engine import Engine, EngineError, check_gguf, physical_cores
+from appliance.journal import Journal, JournalError, export
 from appliance.persona import Persona, PersonaError
 from firmware_bridge.link import LinkError, open_port
 
@@ -20,6 +21,17 @@ DEFAULT_PERSONA = Path(__file__).parent / "personas" / "default"
 
 class CliError(Exception):
     """A problem the user can fix; printed as one line."""
+
+
+def state_dir(given: Optional[str]) -> Path:
+    """Where the transcript lives: --state-dir, systemd's StateDirectory, or the user's."""
+    if given:
+        return Path(given)
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                           "state")
+    return Path(base) / "typewriter"
 
 
 def cache_dir() -> Path:
@@ -62,8 +74,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from appliance.daemon import Appliance
 
     open_port(args.port).close()  # a wrong port is reported before a model loads for minutes
+    journal = Journal(state_dir(args.state_dir))
     persona, engine = load(args)
-    app = Appliance(persona, engine, args.port, width=args.width, prefill=args.prefill).start()
+    app = Appliance(persona, engine, args.port, width=args.width, prefill=args.prefill,
+                    journal=journal).start()
     print(f"{persona.name} is listening on {args.port}. Ctrl-C stops.", file=sys.stderr)
     try:
         app.run()
@@ -72,6 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         app.close()
         engine.close()
+        journal.close()
     return 0
 
 
@@ -79,11 +94,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from appliance.daemon import Appliance
     from firmware_bridge.simulator import SimulatedTypewriter, read_terminal_keys
 
+    journal = Journal(Path(args.state_dir)) if args.state_dir else None
     persona, engine = load(args)
     echo = None if args.type else (lambda ch: (sys.stdout.write(ch), sys.stdout.flush()))
     sim = SimulatedTypewriter(width=args.width, cps=args.cps, cr_seconds=args.cr, on_strike=echo)
     path = sim.start()
-    app = Appliance(persona, engine, path, width=args.width, prefill=args.prefill).start()
+    app = Appliance(persona, engine, path, width=args.width, prefill=args.prefill,
+                    journal=journal).start()
     runner = threading.Thread(target=app.run, name="appliance", daemon=True)
     runner.start()
     try:
@@ -105,7 +122,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
         app.close()
         sim.stop()
         engine.close()
+        if journal is not None:
+            journal.close()
     return 0
+
+
+def cmd_transcript(args: argparse.Namespace) -> int:
+    folder = state_dir(args.state_dir)
+    if not (folder / "transcript.sqlite3").exists():
+        raise CliError(f"no transcript in {folder}: pass the appliance's --state-dir")
+    journal = Journal(folder)
+    try:
+        sys.stdout.write(export(journal, since_time(args.since), args.format))
+    finally:
+        journal.close()
+    return 0
+
+
+def since_time(text: Optional[str]) -> float:
+    """--since: an ISO date/time, or a duration back from now (30m, 2h, 7d)."""
+    if not text:
+        return 0.0
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].isdigit():
+        return time.time() - int(text[:-1]) * units[text[-1]]
+    try:
+        from datetime import datetime
+
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise CliError(f"--since {text!r}: give a date (2026-11-22 or 2026-11-22T18:00) "
+                       "or a duration (30m, 2h, 7d)") from None
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -224,6 +271,8 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="answer a typewriter on a serial port")
     run.add_argument("--port", required=True, help="serial device (e.g. /dev/serial0)")
     _engine_options(run)
+    run.add_argument("--state-dir", help="transcript and link state (default: systemd's "
+                     "StateDirectory, else $XDG_STATE_HOME/typewriter)")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="a simulated typewriter and the appliance in one terminal")
@@ -233,7 +282,14 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--cr", type=SECONDS, default=0.5, help="carriage return time, seconds")
     demo.add_argument("--timeout", type=bounded(float, 1, 86400), default=300.0,
                       help="--type: seconds to wait")
+    demo.add_argument("--state-dir", help="keep a transcript there (default: none)")
     demo.set_defaults(func=cmd_demo)
+
+    transcript = sub.add_parser("transcript", help="export the conversation transcript")
+    transcript.add_argument("--state-dir", help="the appliance's state directory")
+    transcript.add_argument("--since", help="a date, or a duration back from now (30m, 2h, 7d)")
+    transcript.add_argument("--format", choices=("text", "json"), default="text")
+    transcript.set_defaults(func=cmd_transcript)
 
     sim = sub.add_parser("simulate", help="a simulated typewriter on a pseudo-terminal")
     sim.add_argument("--width", type=WIDTH, default=65, help="carriage width in characters")
@@ -277,7 +333,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (CliError, PersonaError, EngineError, LinkError) as e:
+    except (CliError, PersonaError, EngineError, LinkError, JournalError) as e:
         print(f"typewriter: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

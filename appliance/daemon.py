@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 from typing import Callable, Optional
 
 from appliance.conversation import Conversation
 from appliance.engine import Engine, EngineError, Reply
+from appliance.journal import Journal
 from appliance.line_editor import LineEditor
 from appliance.persona import Persona, make_frame
 from appliance.printer import Typesetter
@@ -27,7 +29,7 @@ class Appliance:
     """One persona answering one typewriter."""
 
     def __init__(self, persona: Persona, engine: Engine, port: str, width: int = 65,
-                 prefill: bool = True):
+                 prefill: bool = True, journal: Optional[Journal] = None):
         self.persona = persona
         self.engine = engine
         self.prefill = prefill
@@ -43,7 +45,10 @@ class Appliance:
         self.editor = LineEditor()
         self.typesetter = Typesetter(width=width)
         self.events: queue.Queue[tuple] = queue.Queue()
-        self.link = Link(port, on_key=lambda code: self.events.put(("key", code)),
+        self.journal = journal
+        self.batch = 0  # the journal's id of the key batch being handled
+        self.reply_turn = 0
+        self.link = Link(port, on_keys=self._keys_arrived,
                          on_change=lambda what: self.events.put(("link", what)))
         self.reply: Optional[Reply] = None
         self.reply_text = ""
@@ -56,9 +61,41 @@ class Appliance:
     # -- life cycle -------------------------------------------------------------------
 
     def start(self) -> Appliance:
+        if self.journal is not None:
+            self._restore(self.journal)
         self.link.open()
         self._prefill("")
         return self
+
+    def _restore(self, journal: Journal) -> None:
+        """After a crash or power cut: the link's sequence, the conversation, the line typed."""
+        state = journal.link_state()
+        if state is not None:
+            self.link.restore(*state)
+        for message, reply in journal.exchanges():
+            self.conversation.add(message, reply, Reply(stop_reason="restored"))
+        unanswered = journal.unanswered()
+        if unanswered:
+            self.waiting.append(unanswered)
+        for batch, codes in journal.unconsumed_keys():
+            for code in codes:
+                self._key(code, batch)
+        if state or self.conversation.exchanges or self.editor.typed:
+            log.info("restored %d exchanges and %d typed characters",
+                     len(self.conversation.exchanges), len(self.editor.typed))
+        self._next()
+
+    def _keys_arrived(self, boot_id: int, seq: int, codes: bytes) -> bool:
+        """On the link's thread: keep the keys (durably, when journaling) before the ACK."""
+        batch = 0
+        if self.journal is not None:
+            try:
+                batch = self.journal.accept_keys(boot_id, seq, codes)
+            except sqlite3.Error as e:  # not acknowledged: the typewriter sends them again
+                log.error("cannot store keys (%s): the typewriter will resend them", e)
+                return False
+        self.events.put(("keys", codes, batch))
+        return True
 
     def stop(self) -> None:
         self._stop.set()
@@ -86,8 +123,9 @@ class Appliance:
 
     def handle(self, event: tuple) -> None:
         kind = event[0]
-        if kind == "key":
-            self._key(event[1])
+        if kind == "keys":
+            for code in event[1]:
+                self._key(code, event[2])
         elif kind == "piece" and event[1] is self.reply:
             self._print_reply(event[2])
         elif kind == "done" and event[1] is self.reply:
@@ -95,7 +133,7 @@ class Appliance:
         elif kind == "link":
             log.info("link %s", event[1])
 
-    def _key(self, code: int) -> None:
+    def _key(self, code: int, batch: int = 0) -> None:
         self.at_line_start = code == 0x0A
         ev = self.editor.press(code)
         if ev is None:
@@ -104,6 +142,8 @@ class Appliance:
             self._prefill(ev.text)
         elif ev.kind == "submit":
             self.waiting.append(ev.text)
+            if self.journal is not None:
+                self.journal.user_turn(ev.text, batch)
             self._next()
         elif ev.kind == "reset":
             self._reset()
@@ -121,6 +161,8 @@ class Appliance:
         self.link.cancel()
         self.waiting.clear()
         self.conversation.reset()
+        if self.journal is not None:
+            self.journal.new_conversation()
         self._prefill("")
         log.info("conversation reset")
 
@@ -132,6 +174,8 @@ class Appliance:
         self.reply = self.engine.generate(prompt, self.frame.stops, self.persona.generation,
                                           listener=self._heard)
         self.reply_message = message
+        if self.journal is not None:
+            self.reply_turn = self.journal.reply_started()
         self.reply_text = ""
         if not self.at_line_start:
             self.link.print_text("\n")
@@ -153,12 +197,16 @@ class Appliance:
         out = self.typesetter.feed(piece)
         if out:
             self.link.print_text(out)
+            if self.journal is not None:  # a word at a time, not a token at a time
+                self.journal.reply_text(self.reply_turn, self.reply_text)
 
     def _finish_reply(self, reply: Reply) -> None:
         text = self.reply_text.strip()
         self.link.print_text(self.typesetter.finish() + "\n\n")
         self.at_line_start = True
         self.conversation.add(self.reply_message, text, reply)
+        if self.journal is not None:
+            self.journal.reply_text(self.reply_turn, text, done=True)
         log.info("reply: %d tokens (%s), prompt %d tokens of which %d evaluated at submit",
                  reply.tokens, reply.stop_reason, reply.prompt_tokens, reply.evaluated)
         self.reply = None

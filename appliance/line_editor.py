@@ -19,6 +19,8 @@ FUNCTIONS = {
 
 
 class Event(NamedTuple):
+    """What a key did: "edit" and "submit" carry the message; function keys carry nothing."""
+
     kind: str  # edit, submit, reset, next_persona, toggle_speech, reprint
     text: str = ""
 
@@ -40,6 +42,7 @@ class LineEditor:
         self.typed = text
 
     def press(self, code: int) -> Optional[Event]:
+        """One key code from the typewriter; None when it changed nothing worth telling."""
         if 0x20 <= code <= 0x7E:
             self.typed += chr(code)
         elif code == m.KEY_TAB:

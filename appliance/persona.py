@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from appliance.engine import Sampling
+from appliance.engine import GGUF_MAGIC, Sampling
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -92,7 +92,8 @@ class _Checker:
         self.path = path
 
     def fail(self, where: str, problem: str) -> PersonaError:
-        return PersonaError(f"{self.path}: {where}: {problem}")
+        # One line, even for a quoted TOML key or value holding a newline.
+        return PersonaError(f"{self.path}: {where}: {problem}".replace("\n", "\\n"))
 
     def table(self, data: Dict[str, Any], schema: Dict[str, type], where: str) -> None:
         for key, value in data.items():
@@ -117,7 +118,8 @@ def _type_name(t: type) -> str:
 
 def _load(folder: Path) -> Persona:
     if not folder.is_dir():
-        raise PersonaError(f"persona folder {folder} does not exist: pass a folder that holds "
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise PersonaError(f"persona folder {folder} {problem}: pass a folder that holds "
                            "persona.toml and its model")
     path = folder / "persona.toml"
     if not path.is_file():
@@ -144,15 +146,25 @@ def _load(folder: Path) -> Persona:
     persona = Persona(name=name, folder=folder, model_path=model_path,
                       description=data.get("description", ""), synthetic=synthetic,
                       frame=frame, generation=generation)
-    if not model_path.exists() and synthetic is None:
-        raise check.fail("model", f"model file {model_path} does not exist: copy the .gguf "
-                         "into the persona folder or fix the path")
-    if model_path.exists():
-        with open(model_path, "rb") as f:
-            if f.read(4) != b"GGUF":
-                raise check.fail("model", f"{model_path} is not a GGUF model (it does not start "
-                                 "with 'GGUF'): convert it with llama.cpp or pick a .gguf file")
+    if synthetic is None or not persona.model_missing:
+        _check_model(check, model_path)
     return persona
+
+
+def _check_model(check: _Checker, path: Path) -> None:
+    """Only the magic: a truncated or corrupt GGUF is the engine's to report when it loads."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except FileNotFoundError:
+        raise check.fail("model", f"model file {path} does not exist: copy the .gguf into the "
+                         "persona folder or fix the path") from None
+    except OSError as e:
+        raise check.fail("model", f"cannot read {path} ({e.strerror}): point model at a "
+                         "readable .gguf file") from e
+    if magic != GGUF_MAGIC:
+        raise check.fail("model", f"{path} is not a GGUF model (it does not start with 'GGUF'): "
+                         "convert it with llama.cpp or pick a .gguf file")
 
 
 def _frame(check: _Checker, data: Dict[str, Any]) -> FrameConfig:
@@ -254,11 +266,12 @@ class ChatFrame:
     token_exact = False
 
     def __init__(self, config: FrameConfig, template: str, bos: str, eos: str,
-                 extra_stops: Sequence[str] = ()):
+                 extra_stops: Sequence[str] = (), where: str = "frame.kind"):
         from jinja2 import TemplateError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         self.config = config
+        self.where = where  # what errors name: the persona setting that chose this frame
         self.bos, self.eos = bos, eos
         self.stops = [s for s in (eos, *extra_stops) if s]
         self.reply_prefix = ""
@@ -267,8 +280,8 @@ class ChatFrame:
         try:
             self.template = env.from_string(template)
         except TemplateError as e:
-            raise PersonaError(f"the model's chat template does not compile ({e}): use "
-                               "frame.kind = 'dialogue' for this model") from e
+            raise PersonaError(f"{where}: the model's chat template does not compile ({e}): "
+                               "use frame.kind = 'dialogue' for this model") from e
 
     def messages(self, history: History, message: str) -> List[Dict[str, str]]:
         msgs = [{"role": "system", "content": self.config.system}] if self.config.system else []
@@ -289,10 +302,10 @@ class ChatFrame:
                                         add_generation_prompt=True,
                                         bos_token=self.bos, eos_token=self.eos)
         except SecurityError as e:
-            raise PersonaError(f"the model's chat template tried something unsafe ({e}): "
-                               "this model file is not trustworthy; use another") from e
+            raise PersonaError(f"{self.where}: the model's chat template tried something unsafe "
+                               f"({e}): this model file is not trustworthy; use another") from e
         except TemplateError as e:
-            raise PersonaError(f"the model's chat template failed ({e}): use "
+            raise PersonaError(f"{self.where}: the model's chat template failed ({e}): use "
                                "frame.kind = 'dialogue' for this model") from e
         # llama.cpp adds BOS itself when tokenizing.
         return text[len(self.bos):] if self.bos and text.startswith(self.bos) else text
@@ -313,9 +326,10 @@ def _template_exception(message: str) -> None:
 def make_frame(persona: Persona, chat_template: Optional[str], bos: str, eos: str):
     """The prompt frame for a persona running on a model with this metadata."""
     config = persona.frame
+    where = f"{persona.folder / 'persona.toml'}: frame.kind"
     if config.kind == "chat":
         if not chat_template:
-            raise PersonaError(f"{persona.folder / 'persona.toml'}: frame.kind: 'chat' but the "
-                               "model has no chat template: use frame.kind = 'dialogue'")
-        return ChatFrame(config, chat_template, bos, eos, persona.generation.stop)
+            raise PersonaError(f"{where}: 'chat' but the model has no chat template: use "
+                               "frame.kind = 'dialogue'")
+        return ChatFrame(config, chat_template, bos, eos, persona.generation.stop, where)
     return DialogueFrame(config, persona.generation.stop)

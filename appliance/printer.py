@@ -20,7 +20,8 @@ _MAP = {
     "\u00f8": "o", "\u00d8": "O", "\u0142": "l", "\u0141": "L", "\u00f0": "d", "\u00d0": "D",
     "\u00fe": "th", "\u00de": "Th", "\u0131": "i", "\u00a9": "(c)", "\u00ae": "(R)",
     "\u2122": "TM", "\u00b0": " deg", "\u20ac": "EUR", "\u00a3": "GBP", "\u00a1": "!",
-    "\u00bf": "?", "\u00a7": "S.", "\u00b6": "P.", "\t": " ", "\r": "",
+    "\u00bf": "?", "\u00a7": "S.", "\u00b6": "P.", "\u2044": "/", "\u2192": "->",
+    "\u2190": "<-", "\r": "",
 }
 BELL = "\x07"
 
@@ -30,10 +31,11 @@ def _printable_char(ch: str) -> str:
         return ch
     if ch in _MAP:
         return _MAP[ch]
-    if unicodedata.category(ch) == "Zs":
+    if ch.isspace():  # tabs, no-break and em spaces, form feeds, U+2028: keep words apart
         return " "
-    ascii_form = unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode()
-    return "".join(c for c in ascii_form if " " <= c <= "~")
+    # NFKD splits accents, ligatures and fractions (1/2 is "1", U+2044, "2") into parts.
+    parts = (_MAP.get(c, c) for c in unicodedata.normalize("NFKD", ch))
+    return "".join(c for c in "".join(parts) if " " <= c <= "~")
 
 
 def printable(text: str) -> str:
@@ -69,6 +71,7 @@ class Typesetter:
         self.rang = column > self.bell_at
 
     def feed(self, text: str) -> str:
+        """The print bytes that text makes safe to strike now (any text: it is made printable)."""
         out = []
         for ch in printable(text):
             if ch == "\n":
@@ -93,6 +96,7 @@ class Typesetter:
         return "".join(out)
 
     def finish(self) -> str:
+        """The end of the text: strike the word still held back (no newline is added)."""
         out = self._flush_word()
         self.space = False
         return out

@@ -1,7 +1,15 @@
 """Frames on the wire: COBS( payload || CRC16 ) || 0x00.
 
-Runs unchanged on CPython and MicroPython: the firmware imports this file.
+Runs unchanged on CPython and MicroPython: the firmware imports this file, so
+only bytes/bytearray are used and typing is imported only where it exists.
 """
+
+try:
+    from typing import List, Optional, Tuple
+
+    Frame = Tuple[int, int, bytes]  # (type, seq, body)
+except ImportError:  # MicroPython: annotations are never evaluated
+    pass
 
 MAX_PAYLOAD = 64
 MAX_BODY = MAX_PAYLOAD - 2
@@ -9,7 +17,7 @@ MAX_BODY = MAX_PAYLOAD - 2
 MAX_ENCODED = MAX_PAYLOAD + 2 + (MAX_PAYLOAD + 2) // 254 + 1
 
 
-def _crc_table():
+def _crc_table() -> "List[int]":
     table = []
     for byte in range(256):
         crc = byte << 8
@@ -22,14 +30,17 @@ def _crc_table():
 _TABLE = _crc_table()
 
 
-def crc16(data, crc=0xFFFF):
-    """CRC-16/CCITT-FALSE (MicroPython's binascii has no crc_hqx)."""
+def crc16(data: bytes, crc: int = 0xFFFF) -> int:
+    """CRC-16/CCITT-FALSE, table-driven (MicroPython's binascii has no crc_hqx).
+
+    Pass a previous result as `crc` to continue over more data.
+    """
     for byte in data:
         crc = ((crc << 8) & 0xFFFF) ^ _TABLE[(crc >> 8) ^ byte]
     return crc
 
 
-def cobs_encode(data):
+def cobs_encode(data: bytes) -> bytes:
     """Consistent-overhead byte stuffing: the result contains no zero byte."""
     out = bytearray([0])
     code_at = 0
@@ -47,8 +58,10 @@ def cobs_encode(data):
     return bytes(out)
 
 
-def cobs_decode(data):
+def cobs_decode(data: bytes) -> bytes:
     """Undo cobs_encode; ValueError for anything cobs_encode could not have made."""
+    if not data:
+        raise ValueError("empty COBS frame")
     out = bytearray()
     i = 0
     n = len(data)
@@ -66,10 +79,12 @@ def cobs_decode(data):
         i = end
         if code != 0xFF and i < n:
             out.append(0)
+        elif code == 0xFF and i == n:
+            raise ValueError("COBS frame ends in a full block")
     return bytes(out)
 
 
-def encode_frame(ftype, seq, body=b""):
+def encode_frame(ftype: int, seq: int, body: bytes = b"") -> bytes:
     """The complete wire bytes of one frame, delimiter included."""
     if len(body) > MAX_BODY:
         raise ValueError("frame body longer than 62 bytes")
@@ -78,7 +93,7 @@ def encode_frame(ftype, seq, body=b""):
     return cobs_encode(payload + bytes([crc >> 8, crc & 0xFF])) + b"\x00"
 
 
-def decode_frame(encoded):
+def decode_frame(encoded: bytes) -> "Frame":
     """(type, seq, body) from one frame without its delimiter; ValueError if invalid."""
     raw = cobs_decode(encoded)
     if len(raw) < 4 or len(raw) > MAX_PAYLOAD + 2:
@@ -94,16 +109,18 @@ class Decoder:
 
     Bad frames (COBS, CRC, length) are dropped and counted; a run of bytes
     longer than any valid frame is discarded up to the next delimiter, so
-    garbage can neither block nor grow the buffer.
+    garbage can neither block nor grow the buffer. With `known_types`, frames
+    of other types are dropped and counted too, as the spec asks.
     """
 
-    def __init__(self, known_types=None):
+    def __init__(self, known_types: "Optional[Tuple[int, ...]]" = None) -> None:
         self.buffer = bytearray()
         self.overlong = False
         self.dropped = 0
         self.known_types = known_types
 
-    def feed(self, data):
+    def feed(self, data: bytes) -> "List[Frame]":
+        """The frames completed by `data`; partial frames wait for more bytes."""
         frames = []
         for byte in data:
             if byte:

@@ -1,7 +1,8 @@
 """The host end of the serial link: keys in, print text out.
 
 A `Link` owns the serial port and one background thread. It handshakes,
-delivers the firmware's keys in order exactly once, sends print text only as
+delivers the firmware's keys in order exactly once (acknowledged only once the
+caller has kept them), sends print text only as
 the firmware's credits allow, and when it hears nothing valid for three seconds
 it treats the link as down, reopens the port (the board may have been replugged)
 and says HELLO again.
@@ -54,14 +55,14 @@ class Link:
     def __init__(
         self,
         port: str,
-        on_key: Callable[[int], None],
+        on_keys: Callable[[int, int, bytes], bool],
         on_change: Optional[Callable[[str], None]] = None,
         name: str = "typewriter-host",
         boot_id: Optional[int] = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.port = port
-        self.on_key = on_key
+        self.on_keys = on_keys
         self.on_change = on_change or (lambda what: None)
         self.clock = clock
         self.session = Session(
@@ -140,11 +141,17 @@ class Link:
         self._opened_at = self.clock()
         self.session.hello()
 
-    def _reliable(self, ftype: int, body: bytes) -> bool:
-        if ftype == m.KEY:
-            for code in body:
-                self.on_key(code)
-        return True
+    def _reliable(self, ftype: int, seq: int, body: bytes) -> bool:
+        """Keys go to on_keys(boot_id, seq, codes), which must keep them before returning
+        True: only then are they acknowledged. Keys from a board not yet greeted wait."""
+        if ftype != m.KEY:
+            return True
+        boot_id = self.session.peer_boot_id
+        return boot_id is not None and self.on_keys(boot_id, seq, body)
+
+    def restore(self, boot_id: int, seq: int) -> None:
+        """Resume duplicate detection from durable storage (before open)."""
+        self.session.restore(boot_id, seq)
 
     def _run(self) -> None:
         while not self._stop.is_set():

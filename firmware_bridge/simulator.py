@@ -20,9 +20,9 @@ import tty
 from typing import Callable, List, Optional, TextIO, Tuple
 
 from firmware_bridge import messages as m
-from firmware_bridge.device import Device
+from firmware_bridge.device import BELL, Device
 
-# Terminal control keys for the typewriter's function keys.
+# Terminal bytes that are typewriter keys other than printable ASCII.
 CONTROL_KEYS = {
     0x12: m.KEY_RESET,  # Ctrl-R
     0x10: m.KEY_REPRINT,  # Ctrl-P
@@ -150,7 +150,7 @@ class SimulatedTypewriter:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
-                if not self.device.print_queue and self._striking is None:
+                if not len(self.device.print_queue) and self._striking is None:
                     return True
             time.sleep(0.02)
         return False
@@ -187,36 +187,46 @@ class SimulatedTypewriter:
             pass  # nobody listening: the protocol retransmits what matters
 
     def _mechanism(self) -> None:
-        """Strike the next print byte once the previous one has had its time."""
+        """Strike print bytes, each once the previous one has had its time.
+
+        Bells and unprintable bytes take no time, so the next byte follows at once.
+        """
         now = time.monotonic()
         if self._striking is not None:
             if now < self._busy_until:
                 return
             self.device.printed(self._striking)
             self._striking = None
-        byte = self.device.next_print_byte()
-        if byte is None:
+        while True:
+            byte = self.device.next_print_byte()
+            if byte is None:
+                return
+            if byte == m.KEY_RETURN:
+                self._busy_until = now + self.cr_seconds
+                ch = "\n"
+            elif 0x20 <= byte <= 0x7E:
+                self._busy_until = now + 1.0 / self.cps
+                ch = chr(byte)
+            else:
+                if byte == BELL:
+                    self.bells += 1
+                self.device.printed(byte)
+                continue
+            if self.record:
+                self.struck.append((now, byte))
+            self._strike(ch)
+            self._striking = byte
             return
-        if byte == m.PRINT_BELL:
-            self.bells += 1
-            self.device.printed(byte)
-            return
-        if self.record:
-            self.struck.append((now, byte))
-        if byte == m.PRINT_NEWLINE:
-            self._strike("\n")
-            self._busy_until = now + self.cr_seconds
-        elif 0x20 <= byte <= 0x7E:
-            self._strike(chr(byte))
-            self._busy_until = now + 1.0 / self.cps
-        else:
-            self.device.printed(byte)
-            return
-        self._striking = byte
 
 
 def read_terminal_keys(press: Callable[[int], None], stdin: TextIO = sys.stdin) -> None:
-    """Feed the terminal's keys to a typewriter until Ctrl-C or Ctrl-D."""
+    """Feed the terminal's keys to a typewriter, one at a time, until Ctrl-C or Ctrl-D.
+
+    The terminal goes to cbreak rather than raw mode: output processing stays on,
+    so an echoed newline still returns the cursor. Other control bytes and
+    non-ASCII (UTF-8) bytes are no typewriter key and are ignored. The settings
+    are restored on exit.
+    """
     fd = stdin.fileno()
     saved = termios.tcgetattr(fd) if os.isatty(fd) else None
     try:
@@ -233,8 +243,10 @@ def read_terminal_keys(press: Callable[[int], None], stdin: TextIO = sys.stdin) 
             for byte in data:
                 if byte in (0x03, 0x04):
                     return
-                code = CONTROL_KEYS.get(byte, byte)
-                if 0x20 <= code <= 0x7E or code in CONTROL_KEYS.values():
+                code = CONTROL_KEYS.get(byte)
+                if code is None and 0x20 <= byte <= 0x7E:
+                    code = byte
+                if code is not None:
                     press(code)
     finally:
         if saved is not None:
@@ -243,7 +255,11 @@ def read_terminal_keys(press: Callable[[int], None], stdin: TextIO = sys.stdin) 
 
 def serve(width: int, cps: float, cr_seconds: float, script: Optional[str],
           out: TextIO = sys.stdout) -> int:
-    """`typewriter simulate`: a typewriter for `typewriter run --port` to answer."""
+    """`typewriter simulate`: a typewriter for `typewriter run --port` to answer.
+
+    Types the script (at a person's pace) or the terminal's keys, and echoes the
+    paper to out as it is struck, until Ctrl-C (or Ctrl-D at the terminal).
+    """
 
     def echo(ch: str) -> None:
         out.write(ch)
@@ -251,8 +267,9 @@ def serve(width: int, cps: float, cr_seconds: float, script: Optional[str],
 
     sim = SimulatedTypewriter(width=width, cps=cps, cr_seconds=cr_seconds, on_strike=echo)
     path = sim.start()
-    print(f"Simulated typewriter on {path}: run  typewriter run --port {path}", file=sys.stderr)
-    print("Type here; Return twice sends. Ctrl-R resets, Ctrl-C quits.\n", file=sys.stderr)
+    print(f"Simulated typewriter on {path} — run: typewriter run --port {path}", file=out)
+    print("Return twice sends. Ctrl-S submits, Ctrl-R resets, Ctrl-P reprints, "
+          "Ctrl-N next persona, Ctrl-T speech, Ctrl-C quits.\n", file=out, flush=True)
     try:
         if script is not None:
             sim.type_text(script, cps=8.0)

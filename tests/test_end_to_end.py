@@ -32,12 +32,12 @@ def test_demo_types_a_message_and_prints_the_reply(script_persona):
     assert "ROMEO" not in paper, "the model's invented next turn reached the paper"
 
 
-def test_run_answers_a_typewriter_on_a_pty(script_persona):
+def test_run_answers_a_typewriter_on_a_pty(script_persona, tmp_path):
     with SimulatedTypewriter(width=65, cps=2000, cr_seconds=0) as sim:
         port = sim.start()
         app = subprocess.Popen(
             [sys.executable, "-m", "appliance.cli", "run", "--port", port,
-             "--persona", str(script_persona)],
+             "--persona", str(script_persona), "--state-dir", str(tmp_path / "state")],
             stderr=subprocess.PIPE, text=True,
         )
         try:

@@ -73,9 +73,36 @@ def test_reserved_codes_are_ignored_and_counted():
 
 def test_a_line_in_progress_can_be_restored():
     e = LineEditor()
-    e.load("restored after a power cut")
-    type_keys(e, "!\n\n")
-    assert e.text == ""
+    e.load("restored after\na power cut")
+    assert e.text == "restored after a power cut"
+    assert type_keys(e, "!\n\n")[-1] == Event("submit", "restored after a power cut!")
+    e = LineEditor(initial="half\n")
+    e.press(m.KEY_BACKSPACE)
+    assert type_keys(e, "way\n\n")[-1] == Event("submit", "halfway")
+
+
+def test_reset_clears_the_line_and_the_next_message_starts_fresh():
+    e = LineEditor()
+    type_keys(e, "never mind")
+    e.press(m.KEY_RESET)
+    assert type_keys(e, "Hello\n\n")[-1] == Event("submit", "Hello")
+
+
+KEYS = st.one_of(st.integers(0x20, 0x7E), st.sampled_from([m.KEY_BACKSPACE, m.KEY_TAB]))
+
+
+@given(st.lists(KEYS, max_size=100))
+def test_the_text_is_what_the_paper_shows_after_backspaces(codes):
+    """A model of the paper: keys typed, backspace taking back the last one."""
+    e = LineEditor()
+    paper = []
+    for code in codes:
+        e.press(code)
+        if code == m.KEY_BACKSPACE:
+            paper = paper[:-1]
+        else:
+            paper.append(" " if code == m.KEY_TAB else chr(code))
+    assert e.text == " ".join("".join(paper).split())
 
 
 @given(st.lists(st.integers(0, 255), max_size=200))

@@ -28,7 +28,15 @@ def test_typographic_characters_become_ascii():
 
 def test_emoji_and_control_bytes_are_dropped():
     assert printable("hi \U0001f600\x00\x1b[31m!\r") == "hi [31m!"
-    assert printable("a\tb") == "a b"
+    assert printable("line\r\nend") == "line\nend"
+
+
+def test_odd_spaces_keep_words_apart():
+    assert printable("a\tb\u00a0c\u2003d\u2028e\x0cf") == "a b c d e f"
+
+
+def test_ligatures_and_fractions_decompose():
+    assert printable("\ufb01ne \u00bd \u2192") == "fine 1/2 ->"
 
 
 def test_wraps_at_word_boundaries():
@@ -71,6 +79,19 @@ def test_a_word_that_starts_a_line_is_struck_as_it_comes():
     assert t.finish() == "\nabcdefgh"
 
 
+def test_a_newline_starts_a_line_without_the_pending_space():
+    assert typeset("one \ntwo  three") == "one\ntwo three"
+
+
+def test_start_tells_where_the_carriage_is():
+    t = Typesetter(width=20, bell_margin=8)
+    t.start(16)
+    assert t.feed("hello there") + t.finish() == "\nhello there", "no room left on that line"
+    assert t.column == 11
+    t.start(13)
+    assert BELL not in t.feed("ab") + t.finish(), "the bell already rang on that line"
+
+
 @given(st.text(), st.integers(5, 80))
 def test_output_is_printable_and_fits_the_carriage(text, width):
     out = typeset(text, width=width)
@@ -86,8 +107,18 @@ def test_chunking_does_not_change_the_output(text, cuts):
     assert typeset(text, pieces=pieces) == typeset(text)
 
 
-@given(st.text(alphabet=st.characters(codec="ascii"), max_size=200))
-def test_words_survive_wrapping(text):
-    words = [w for w in printable(text).split() if len(w) <= 20]
-    if len(words) == len(printable(text).split()):
-        assert typeset(text).replace(BELL, "").split() == words
+@given(st.text(max_size=300), st.integers(5, 40))
+def test_words_survive_wrapping(text, width):
+    """Every word arrives whole, except one longer than a line: cut into line-long pieces."""
+    pieces = [w[i : i + width] for w in printable(text).split() for i in range(0, len(w), width)]
+    assert typeset(text, width=width).replace(BELL, "").split() == pieces
+
+
+@given(st.text(alphabet=st.characters(codec="ascii"), max_size=300), st.integers(10, 40))
+def test_the_bell_rings_once_as_a_line_passes_the_margin(text, width):
+    for line in typeset(text, width=width).split("\n"):
+        plain = line.replace(BELL, "")
+        if len(plain) > width - 8:
+            assert line.count(BELL) == 1 and line.index(BELL) == width - 8
+        else:
+            assert BELL not in line

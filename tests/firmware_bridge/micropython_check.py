@@ -35,7 +35,7 @@ class Clock:
 
 clock = Clock()
 got = []
-host = Session(0, "host", 1, clock, on_reliable=lambda t, b: got.append(bytes(b)) or True)
+host = Session(0, "host", 1, clock, on_reliable=lambda t, s, b: got.append(bytes(b)) or True)
 device = Device("mp", 2, clock, print_capacity=32)
 device.boot()
 host.hello()

@@ -9,10 +9,12 @@ from hypothesis import strategies as st
 from firmware_bridge import messages as m
 from firmware_bridge.framing import (
     MAX_BODY,
+    MAX_ENCODED,
     Decoder,
     cobs_decode,
     cobs_encode,
     crc16,
+    decode_frame,
     encode_frame,
 )
 
@@ -33,6 +35,8 @@ VECTORS = [
 
 def test_crc_check_value():
     assert crc16(b"123456789") == 0x29B1
+    assert crc16(b"56789", crc16(b"1234")) == 0x29B1, "continues over more data"
+    assert crc16(b"") == 0xFFFF
 
 
 @pytest.mark.parametrize("ftype,seq,body,wire", VECTORS)
@@ -57,11 +61,40 @@ def test_body_longer_than_62_is_refused():
         encode_frame(m.PRINT, 0, b"x" * (MAX_BODY + 1))
 
 
-@given(st.binary(max_size=300))
+@given(st.binary(max_size=600))
 def test_cobs_round_trip_has_no_zero(data):
     encoded = cobs_encode(data)
     assert 0 not in encoded
+    assert len(encoded) <= len(data) + len(data) // 254 + 1
     assert cobs_decode(encoded) == data
+
+
+@given(st.binary(max_size=600))
+def test_cobs_decode_accepts_only_what_encode_makes(data):
+    try:
+        decoded = cobs_decode(data)
+    except ValueError:
+        return
+    assert cobs_encode(decoded) == data
+
+
+@pytest.mark.parametrize("bad", [b"", b"\x00", b"\x03\x01", b"\x02\x00", b"\xff" + b"\x01" * 254])
+def test_cobs_decode_rejects(bad):
+    with pytest.raises(ValueError):
+        cobs_decode(bad)
+
+
+def test_decode_frame_rejects_bad_crc_and_lengths():
+    good = encode_frame(m.KEY, 3, b"ok")[:-1]
+    assert decode_frame(good) == (m.KEY, 3, b"ok")
+    with pytest.raises(ValueError):
+        decode_frame(cobs_encode(cobs_decode(good)[:-1] + b"\x00"))  # CRC byte changed
+    with pytest.raises(ValueError):
+        decode_frame(cobs_encode(b"\x10\x00\x00"))  # shorter than type, seq and CRC
+    payload = bytes([m.PRINT, 0]) + b"x" * (MAX_BODY + 1)
+    crc = crc16(payload)
+    with pytest.raises(ValueError):
+        decode_frame(cobs_encode(payload + bytes([crc >> 8, crc & 0xFF])))  # body of 63
 
 
 frames = st.tuples(st.sampled_from(m.KNOWN_TYPES), st.integers(0, 255),
@@ -114,6 +147,17 @@ def test_garbage_truncation_and_bit_flips_never_desynchronise(items, seed):
     # Every good frame comes out, in order. (A damaged frame whose bytes happen to
     # carry a matching CRC-16, 1 in 65,536, is a valid frame and may come out too.)
     assert all(any(got == want for got in decoded) for want in expected)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.binary(max_size=300), max_size=20))
+def test_arbitrary_bytes_never_raise_and_the_buffer_stays_bounded(chunks):
+    d = Decoder(m.KNOWN_TYPES)
+    for chunk in chunks:
+        d.feed(chunk)
+        assert len(d.buffer) <= MAX_ENCODED
+    good = encode_frame(m.KEY, 7, b"after")
+    assert d.feed(b"\x00" + good) == [(m.KEY, 7, b"after")]
 
 
 def test_overlong_run_is_dropped_and_counted():

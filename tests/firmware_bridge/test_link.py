@@ -81,8 +81,8 @@ class Rig:
     def __init__(self, print_capacity=512):
         self.board = Board(print_capacity)
         self.keys, self.changes = [], []
-        self.link = Link(self.board.path, on_key=self.keys.append,
-                         on_change=self.changes.append).open()
+        self.link = Link(self.board.path, on_keys=lambda boot, seq, codes: self.keys.extend(codes)
+                         or True, on_change=self.changes.append).open()
         assert wait_for(lambda: self.link.up)
 
     def close(self):

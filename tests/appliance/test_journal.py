@@ -1,0 +1,112 @@
+"""The transcript journal: keys kept before they are acknowledged, restored after a crash."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from appliance.engine import Reply
+from appliance.journal import Journal, JournalError, export
+from firmware_bridge.simulator import SimulatedTypewriter
+from tests.conftest import SCRIPT_REPLY, typewriter, wait_for
+
+
+def test_keys_and_link_state_survive_a_reopen(tmp_path):
+    j = Journal(tmp_path)
+    first = j.accept_keys(0xAB, 7, b"Hel")
+    j.accept_keys(0xAB, 8, b"lo")
+    j.close()
+    j = Journal(tmp_path)
+    assert j.link_state() == (0xAB, 8)
+    assert j.unconsumed_keys() == [(first, b"Hel"), (first + 1, b"lo")]
+
+
+def test_a_submitted_message_consumes_its_keys(tmp_path):
+    j = Journal(tmp_path)
+    j.accept_keys(1, 0, b"Hi\n\n")
+    j.user_turn("Hi", j.last_key_id())
+    batch = j.accept_keys(1, 1, b"nex")
+    assert j.unconsumed_keys() == [(batch, b"nex")]
+    assert j.unanswered() == "Hi"
+    turn = j.reply_started()
+    j.reply_text(turn, "Good", done=False)
+    assert j.unanswered() == "Hi", "a reply cut off by a crash is answered again"
+    j.reply_text(turn, "Good morrow.", done=True)
+    assert j.unanswered() is None
+    assert j.exchanges() == [("Hi", "Good morrow.")]
+    j.new_conversation()
+    assert j.exchanges() == []
+
+
+def test_export_text_and_json(tmp_path):
+    j = Journal(tmp_path)
+    j.user_turn("Hi", 0)
+    j.reply_text(j.reply_started(), "Good morrow.", done=True)
+    lines = [json.loads(line) for line in export(j, 0, "json").splitlines()]
+    assert [(t["role"], t["text"], t["done"]) for t in lines] == [
+        ("user", "Hi", True), ("character", "Good morrow.", True)]
+    assert "YOU: Hi\nCHARACTER: Good morrow.\n" in export(j, 0, "text")
+    assert export(j, time.time() + 60, "json") == ""
+
+
+def test_unusable_state_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(JournalError, match="state directory"):
+        Journal(blocker / "state")
+    result = typewriter("transcript", "--state-dir", str(tmp_path / "empty"))
+    assert result.returncode == 2 and "no transcript" in result.stderr
+
+
+def test_reply_object_for_restored_exchanges_is_not_clean():
+    assert Reply(stop_reason="restored").stop_reason != "stop"
+
+
+def start_run(port, persona, state):
+    return subprocess.Popen(
+        [sys.executable, "-m", "appliance.cli", "run", "--port", port, "--persona",
+         str(persona), "--state-dir", str(state)], stderr=subprocess.PIPE, text=True)
+
+
+def transcript(state):
+    out = typewriter("transcript", "--state-dir", str(state), "--format", "json").stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_sigkill_while_typing_and_while_replying_loses_nothing(script_persona, tmp_path):
+    state = tmp_path / "state"
+    with SimulatedTypewriter(cps=2000, cr_seconds=0) as sim:
+        port = sim.start()
+        app = start_run(port, script_persona, state)
+        try:
+            sim.type_text("Hello\n\n")
+            assert wait_for(lambda: "home." in sim.paper.text(), 60)
+            # Killed in the middle of typing: what was acknowledged must come back.
+            sim.type_text("half a li")
+            assert wait_for(lambda: not sim.device.keys and not sim.device.session.pending, 10)
+            os.kill(app.pid, signal.SIGKILL)
+            app.wait()
+            sim.type_text("ne\n\n")  # typed while the appliance is down
+            app = start_run(port, script_persona, state)
+            assert wait_for(lambda: sim.paper.text().count("home.") == 2, 60)
+            # Killed in the middle of a reply: the message is answered again.
+            sim.cps = 10
+            sim.type_text("Third\n\n")
+            assert wait_for(lambda: "Good" in sim.paper.text().split("Third")[-1], 30)
+            os.kill(app.pid, signal.SIGKILL)
+            app.wait()
+            sim.cps = 2000
+            app = start_run(port, script_persona, state)
+            assert wait_for(lambda: sim.paper.text().split("Third")[-1].count("home.") >= 1, 60)
+        finally:
+            app.terminate()
+            app.wait(10)
+    turns = transcript(state)
+    users = [t["text"] for t in turns if t["role"] == "user"]
+    assert users == ["Hello", "half a line", "Third"], "no key lost or doubled"
+    replies = [t for t in turns if t["role"] == "character"]
+    assert [r["text"] for r in replies if r["done"]] == [SCRIPT_REPLY] * 3

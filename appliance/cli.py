@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -14,6 +15,7 @@ from typing import Callable, List, Optional
 from appliance.engine import Engine, EngineError, check_gguf, physical_cores
 from appliance.journal import Journal, JournalError, export
 from appliance.persona import Persona, PersonaError
+from appliance.service import Notifier
 from firmware_bridge.link import LinkError, open_port
 
 DEFAULT_PERSONA = Path(__file__).parent / "personas" / "default"
@@ -75,15 +77,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     open_port(args.port).close()  # a wrong port is reported before a model loads for minutes
     journal = Journal(state_dir(args.state_dir))
+    notifier = Notifier()
+    notifier.extend_timeout(300)  # loading a 1B model from an SD card takes a while
+    notifier.status("loading the model")
     persona, engine = load(args)
     app = Appliance(persona, engine, args.port, width=args.width, prefill=args.prefill,
-                    journal=journal).start()
+                    journal=journal, notifier=notifier).start()
+    signal.signal(signal.SIGTERM, lambda signum, frame: app.stop())
+    notifier.ready(app.describe())
     print(f"{persona.name} is listening on {args.port}. Ctrl-C stops.", file=sys.stderr)
     try:
         app.run()
     except KeyboardInterrupt:
         pass
     finally:
+        notifier.stopping()
         app.close()
         engine.close()
         journal.close()

@@ -10,6 +10,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from typing import Callable, Optional
 
 from appliance.conversation import Conversation
@@ -18,18 +19,21 @@ from appliance.journal import Journal
 from appliance.line_editor import LineEditor
 from appliance.persona import Persona, make_frame
 from appliance.printer import Typesetter
+from appliance.service import Notifier
 from firmware_bridge.link import Link
 
 log = logging.getLogger(__name__)
 
 MIN_TURN = 32  # tokens a message must at least have room for
+HUNG_AFTER = 30.0  # seconds without a token before the model worker counts as hung
 
 
 class Appliance:
     """One persona answering one typewriter."""
 
     def __init__(self, persona: Persona, engine: Engine, port: str, width: int = 65,
-                 prefill: bool = True, journal: Optional[Journal] = None):
+                 prefill: bool = True, journal: Optional[Journal] = None,
+                 notifier: Optional[Notifier] = None):
         self.persona = persona
         self.engine = engine
         self.prefill = prefill
@@ -46,6 +50,9 @@ class Appliance:
         self.typesetter = Typesetter(width=width)
         self.events: queue.Queue[tuple] = queue.Queue()
         self.journal = journal
+        self.notifier = notifier or Notifier({})
+        self._next_ping = 0.0
+        self._hung = False
         self.batch = 0  # the journal's id of the key batch being handled
         self.reply_turn = 0
         self.link = Link(port, on_keys=self._keys_arrived,
@@ -109,10 +116,34 @@ class Appliance:
         """Handle events until stop() is called."""
         while not self._stop.is_set():
             try:
-                event = self.events.get(timeout=0.1)
+                self.handle(self.events.get(timeout=0.1))
             except queue.Empty:
-                continue
-            self.handle(event)
+                pass
+            self._watchdog()
+
+    def _watchdog(self) -> None:
+        """Ping systemd while this loop runs and the model worker makes progress.
+
+        A hung generation stops the pings, and systemd restarts the service.
+        """
+        every = self.notifier.watchdog_every
+        if every is None or time.monotonic() < self._next_ping:
+            return
+        if self.engine.stalled(HUNG_AFTER):
+            if not self._hung:
+                log.error("the model worker has made no progress for %.0f s", HUNG_AFTER)
+                self._hung = True
+            return
+        self._hung = False
+        self.notifier.watchdog()
+        self._next_ping = time.monotonic() + every
+
+    def describe(self) -> str:
+        """One line for `systemctl status`."""
+        link = f"typewriter {'connected' if self.link.up else 'not answering'} on {self.link.port}"
+        last = self.conversation.last_reply
+        tail = f"; last reply: {last[:60]}" if last else ""
+        return f"{self.persona.name}: {link}{tail}"
 
     @property
     def idle(self) -> bool:
@@ -132,6 +163,7 @@ class Appliance:
             self._finish_reply(event[1])
         elif kind == "link":
             log.info("link %s", event[1])
+            self.notifier.status(self.describe())
 
     def _key(self, code: int, batch: int = 0) -> None:
         self.at_line_start = code == 0x0A
@@ -212,6 +244,7 @@ class Appliance:
         self.reply = None
         self.replies += 1
         self.on_reply(text, reply)
+        self.notifier.status(self.describe())
         self._next()
         if self.reply is None:
             self._prefill(self.editor.text)

@@ -240,7 +240,8 @@ class Engine:
         self._target_lock = threading.Lock()
         self._llm = None
         self._thread: Optional[threading.Thread] = None
-        self.last_active = time.monotonic()
+        self.busy_since: Optional[float] = None  # when the job now running started
+        self.progress_at = time.monotonic()  # the last sign of life from that job
 
     def start(self) -> Engine:
         """Load the model on the worker; raises EngineError if it cannot be loaded."""
@@ -282,8 +283,9 @@ class Engine:
             job = self._jobs.get()
             if job is None:
                 break
+            self.busy_since = self.progress_at = time.monotonic()
             job()
-            self.last_active = time.monotonic()
+            self.busy_since = None
         self._llm.close()
         self._llm = None
 
@@ -337,8 +339,13 @@ class Engine:
             chunk = target[keep : keep + PREFILL_CHUNK]
             llm.eval(chunk)
             self.prefilled += len(chunk)
+            self.progress_at = time.monotonic()
             if not self._jobs.empty():  # a submit or a newer target: let it run first
                 return
+
+    def stalled(self, after: float) -> bool:
+        """A job has run for `after` seconds without a token or a chunk: the worker hangs."""
+        return self.busy_since is not None and time.monotonic() - self.progress_at > after
 
     def settle(self) -> None:
         """Wait until the worker has done everything asked of it so far (prefill included)."""
@@ -397,6 +404,7 @@ class Engine:
                     reply.stop_reason = "eos"
                     break
                 reply.sampled.append(token)
+                self.progress_at = time.monotonic()
                 out = stop.feed(joiner.feed(llm.detokenize([token])))
                 if out:
                     reply.emit(out)

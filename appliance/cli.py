@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from appliance.config import EXAMPLE as CONFIG_EXAMPLE
+from appliance.config import ConfigError, default_path, merge
+from appliance.config import load as load_config
 from appliance.engine import Engine, EngineError, check_gguf, physical_cores
 from appliance.journal import Journal, JournalError, export
 from appliance.persona import Persona, PersonaError
@@ -75,6 +78,16 @@ def load(args: argparse.Namespace) -> tuple[Persona, Engine]:
 def cmd_run(args: argparse.Namespace) -> int:
     from appliance.daemon import Appliance
 
+    config = merge(load_config(Path(args.config) if args.config else default_path()), {
+        "port": args.port, "persona": args.persona, "width": args.width,
+        "threads": args.threads, "context": args.ctx, "prefill": args.prefill, "kv": args.kv,
+        "mmap": args.mmap})
+    if not config.port:
+        raise CliError("no serial port: pass --port or set port in the config file")
+    args.port, args.persona, args.width, args.threads = (config.port, config.persona,
+                                                         config.width, config.threads)
+    args.ctx, args.prefill, args.kv, args.mmap = (config.context, config.prefill, config.kv,
+                                                  config.mmap)
     open_port(args.port).close()  # a wrong port is reported before a model loads for minutes
     journal = Journal(state_dir(args.state_dir))
     notifier = Notifier()
@@ -82,7 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     notifier.status("loading the model")
     persona, engine = load(args)
     app = Appliance(persona, engine, args.port, width=args.width, prefill=args.prefill,
-                    journal=journal, notifier=notifier).start()
+                    journal=journal, notifier=notifier,
+                    double_return=config.submit == "double-return").start()
     signal.signal(signal.SIGTERM, lambda signum, frame: app.stop())
     notifier.ready(app.describe())
     print(f"{persona.name} is listening on {args.port}. Ctrl-C stops.", file=sys.stderr)
@@ -132,6 +146,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         engine.close()
         if journal is not None:
             journal.close()
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    path = Path(args.file) if args.file else default_path()
+    if path is None:
+        print("no config file: every setting has its default")
+        return 0
+    load_config(path)
+    print(f"{path}: ok")
     return 0
 
 
@@ -277,8 +301,12 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="answer a typewriter on a serial port")
-    run.add_argument("--port", required=True, help="serial device (e.g. /dev/serial0)")
+    run.add_argument("--port", help="serial device (e.g. /dev/serial0; or port in the config)")
+    run.add_argument("--config", help="config file (default: /etc/typewriter/config.toml, "
+                     "else $XDG_CONFIG_HOME/typewriter/config.toml, if present)")
     _engine_options(run)
+    # Unset options fall back to the config file, then to its defaults.
+    run.set_defaults(width=None, ctx=None, prefill=None, kv=None, mmap=None)
     run.add_argument("--state-dir", help="transcript and link state (default: systemd's "
                      "StateDirectory, else $XDG_STATE_HOME/typewriter)")
     run.set_defaults(func=cmd_run)
@@ -298,6 +326,14 @@ def parser() -> argparse.ArgumentParser:
     transcript.add_argument("--since", help="a date, or a duration back from now (30m, 2h, 7d)")
     transcript.add_argument("--format", choices=("text", "json"), default="text")
     transcript.set_defaults(func=cmd_transcript)
+
+    config = sub.add_parser("config", help="the configuration file")
+    csub = config.add_subparsers(dest="config_command", required=True)
+    csub.add_parser("example", help="print an example config.toml").set_defaults(
+        func=lambda args: print(CONFIG_EXAMPLE, end="") or 0)
+    check = csub.add_parser("check", help="check a config file, reporting every problem")
+    check.add_argument("file", nargs="?", help="default: the file `run` would read")
+    check.set_defaults(func=cmd_config_check)
 
     sim = sub.add_parser("simulate", help="a simulated typewriter on a pseudo-terminal")
     sim.add_argument("--width", type=WIDTH, default=65, help="carriage width in characters")
@@ -341,8 +377,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (CliError, PersonaError, EngineError, LinkError, JournalError) as e:
-        print(f"typewriter: error: {e}", file=sys.stderr)
+    except (CliError, PersonaError, EngineError, LinkError, JournalError, ConfigError) as e:
+        for line in str(e).splitlines():
+            print(f"typewriter: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -33,7 +33,7 @@ class Appliance:
 
     def __init__(self, persona: Persona, engine: Engine, port: str, width: int = 65,
                  prefill: bool = True, journal: Optional[Journal] = None,
-                 notifier: Optional[Notifier] = None):
+                 notifier: Optional[Notifier] = None, double_return: bool = True):
         self.persona = persona
         self.engine = engine
         self.prefill = prefill
@@ -46,7 +46,7 @@ class Appliance:
                 f"({len(self.conversation.head)} tokens of frame, {reply_room} for a reply): "
                 "raise --ctx or shorten the persona's preamble and examples"
             )
-        self.editor = LineEditor()
+        self.editor = LineEditor(double_return=double_return)
         self.typesetter = Typesetter(width=width)
         self.events: queue.Queue[tuple] = queue.Queue()
         self.journal = journal

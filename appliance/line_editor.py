@@ -26,10 +26,15 @@ class Event(NamedTuple):
 
 
 class LineEditor:
-    """Backspace, tab and return; two returns (or the submit key) send the message."""
+    """Backspace, tab and return; two returns (or the submit key) send the message.
 
-    def __init__(self, initial: str = ""):
+    With double_return off only the submit key sends, for people who leave
+    blank lines in what they type.
+    """
+
+    def __init__(self, initial: str = "", double_return: bool = True):
         self.typed = initial
+        self.double_return = double_return
         self.ignored = 0
 
     @property
@@ -50,7 +55,7 @@ class LineEditor:
         elif code == m.KEY_BACKSPACE:
             self.typed = self.typed[:-1]
         elif code == m.KEY_RETURN:
-            if self.typed.endswith("\n") or not self.typed:
+            if self.double_return and (self.typed.endswith("\n") or not self.typed):
                 return self._submit()
             self.typed += "\n"
         elif code == m.KEY_SUBMIT:

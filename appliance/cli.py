@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -15,6 +16,9 @@ from typing import Callable, List, Optional
 from appliance.config import EXAMPLE as CONFIG_EXAMPLE
 from appliance.config import ConfigError, default_path, merge
 from appliance.config import load as load_config
+from appliance.control import ControlError, ControlServer
+from appliance.control import default_path as control_path
+from appliance.control import request as control_request
 from appliance.engine import Engine, EngineError, check_gguf, physical_cores
 from appliance.journal import Journal, JournalError, export
 from appliance.persona import Persona, PersonaError
@@ -97,6 +101,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     app = Appliance(persona, engine, args.port, width=args.width, prefill=args.prefill,
                     journal=journal, notifier=notifier,
                     double_return=config.submit == "double-return").start()
+    try:
+        control = ControlServer(Path(args.control) if args.control else control_path(),
+                                app.control).start()
+    except ControlError:
+        app.close()
+        engine.close()
+        raise
     signal.signal(signal.SIGTERM, lambda signum, frame: app.stop())
     notifier.ready(app.describe())
     print(f"{persona.name} is listening on {args.port}. Ctrl-C stops.", file=sys.stderr)
@@ -106,6 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         pass
     finally:
         notifier.stopping()
+        control.close()
         app.close()
         engine.close()
         journal.close()
@@ -147,6 +159,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if journal is not None:
             journal.close()
     return 0
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    message = {"command": args.action}
+    if args.text:
+        message["text"] = " ".join(args.text)
+    answer = control_request(Path(args.control) if args.control else control_path(), message)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    elif not answer.get("ok"):
+        raise CliError(answer.get("error", "the appliance refused"))
+    elif args.action == "status":
+        print(answer["status"])
+        print(f"exchanges: {answer['exchanges']}, busy: {answer['busy']}, "
+              f"keys lost in the typewriter: {'yes' if answer['overflow'] else 'no'}")
+    else:
+        print("ok")
+    return 0 if answer.get("ok") else 1
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -302,6 +332,8 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="answer a typewriter on a serial port")
     run.add_argument("--port", help="serial device (e.g. /dev/serial0; or port in the config)")
+    run.add_argument("--control", help="control socket (default: $RUNTIME_DIRECTORY or "
+                     "$XDG_RUNTIME_DIR/typewriter/control.sock)")
     run.add_argument("--config", help="config file (default: /etc/typewriter/config.toml, "
                      "else $XDG_CONFIG_HOME/typewriter/config.toml, if present)")
     _engine_options(run)
@@ -326,6 +358,13 @@ def parser() -> argparse.ArgumentParser:
     transcript.add_argument("--since", help="a date, or a duration back from now (30m, 2h, 7d)")
     transcript.add_argument("--format", choices=("text", "json"), default="text")
     transcript.set_defaults(func=cmd_transcript)
+
+    ctl = sub.add_parser("ctl", help="drive the running appliance (status, reset, print TEXT)")
+    ctl.add_argument("action", choices=("status", "reset", "print", "say", "persona"))
+    ctl.add_argument("text", nargs="*", help="the text to print (or say, or the persona)")
+    ctl.add_argument("--control", help="the appliance's control socket")
+    ctl.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    ctl.set_defaults(func=cmd_ctl)
 
     config = sub.add_parser("config", help="the configuration file")
     csub = config.add_subparsers(dest="config_command", required=True)
@@ -377,7 +416,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (CliError, PersonaError, EngineError, LinkError, JournalError, ConfigError) as e:
+    except (CliError, PersonaError, EngineError, LinkError, JournalError, ConfigError,
+            ControlError) as e:
         for line in str(e).splitlines():
             print(f"typewriter: error: {line}", file=sys.stderr)
         return 2

@@ -138,6 +138,34 @@ class Appliance:
         self.notifier.watchdog()
         self._next_ping = time.monotonic() + every
 
+    def control(self, request: dict) -> dict:
+        """A request from the control socket (on its thread): answered, or handed to the loop."""
+        command = request["command"]
+        if command == "status":
+            return {"ok": True, "persona": self.persona.name, "link": "up" if self.link.up
+                    else "down", "typewriter": self.link.peer_name, "port": self.link.port,
+                    "busy": self.reply is not None, "exchanges": len(self.conversation.exchanges),
+                    "last_reply": self.conversation.last_reply, "overflow": self.link.overflow,
+                    "status": self.describe()}
+        if command in ("reset", "print"):
+            answer: queue.Queue[dict] = queue.Queue()
+            self.events.put(("control", command, str(request.get("text", "")), answer))
+            return answer.get(timeout=30)
+        if command in ("say", "persona"):
+            return {"ok": False, "error": f"{command} is not available on this appliance yet"}
+        return {"ok": False, "error": f"unknown command {command!r}: use status, reset or print"}
+
+    def _control(self, command: str, text: str) -> dict:
+        if command == "reset":
+            self._reset()
+            return {"ok": True}
+        if not text.strip():
+            return {"ok": False, "error": "print needs some text"}
+        if self.reply is not None:
+            return {"ok": False, "error": "a reply is printing: try again when it is done"}
+        self._typeset_line(text)
+        return {"ok": True}
+
     def describe(self) -> str:
         """One line for `systemctl status`."""
         link = f"typewriter {'connected' if self.link.up else 'not answering'} on {self.link.port}"
@@ -161,6 +189,8 @@ class Appliance:
             self._print_reply(event[2])
         elif kind == "done" and event[1] is self.reply:
             self._finish_reply(event[1])
+        elif kind == "control":
+            event[3].put(self._control(event[1], event[2]))
         elif kind == "link":
             log.info("link %s", event[1])
             self.notifier.status(self.describe())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import sys
@@ -22,7 +21,8 @@ from appliance.control import request as control_request
 from appliance.engine import Engine, EngineError, check_gguf, physical_cores
 from appliance.journal import Journal, JournalError, export
 from appliance.persona import Persona, PersonaError
-from appliance.service import Notifier
+from appliance.service import Notifier, configure_logging
+from appliance.units import UnitsError
 from firmware_bridge.link import LinkError, open_port
 
 DEFAULT_PERSONA = Path(__file__).parent / "personas" / "default"
@@ -177,6 +177,17 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     else:
         print("ok")
     return 0 if answer.get("ok") else 1
+
+
+def cmd_install_units(args: argparse.Namespace) -> int:
+    from appliance.units import install
+
+    for path in install(Path(args.root), enable=not args.no_enable):
+        print(f"wrote {path}")
+    if args.root == "/":
+        print("now: systemd-sysusers && udevadm control --reload && systemctl daemon-reload "
+              "&& systemctl start typewriter")
+    return 0
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -366,6 +377,11 @@ def parser() -> argparse.ArgumentParser:
     ctl.add_argument("--json", action="store_true", help="print the raw JSON answer")
     ctl.set_defaults(func=cmd_ctl)
 
+    units = sub.add_parser("install-units", help="install the systemd unit, udev rule and user")
+    units.add_argument("--root", default="/", help="install into this tree instead of /")
+    units.add_argument("--no-enable", action="store_true", help="do not enable the service")
+    units.set_defaults(func=cmd_install_units)
+
     config = sub.add_parser("config", help="the configuration file")
     csub = config.add_subparsers(dest="config_command", required=True)
     csub.add_parser("example", help="print an example config.toml").set_defaults(
@@ -412,12 +428,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     try:
         return args.func(args)
     except (CliError, PersonaError, EngineError, LinkError, JournalError, ConfigError,
-            ControlError) as e:
+            ControlError, UnitsError) as e:
         for line in str(e).splitlines():
             print(f"typewriter: error: {line}", file=sys.stderr)
         return 2

@@ -99,7 +99,8 @@ class Appliance:
             try:
                 batch = self.journal.accept_keys(boot_id, seq, codes)
             except sqlite3.Error as e:  # not acknowledged: the typewriter sends them again
-                log.error("cannot store keys (%s): the typewriter will resend them", e)
+                log.error("cannot store keys (%s): the typewriter will resend them", e,
+                          extra={"ERROR_KIND": "journal"})
                 return False
         self.events.put(("keys", codes, batch))
         return True
@@ -131,7 +132,8 @@ class Appliance:
             return
         if self.engine.stalled(HUNG_AFTER):
             if not self._hung:
-                log.error("the model worker has made no progress for %.0f s", HUNG_AFTER)
+                log.error("the model worker has made no progress for %.0f s", HUNG_AFTER,
+                          extra={"ERROR_KIND": "hung_worker", "PERSONA": self.persona.name})
                 self._hung = True
             return
         self._hung = False
@@ -192,7 +194,8 @@ class Appliance:
         elif kind == "control":
             event[3].put(self._control(event[1], event[2]))
         elif kind == "link":
-            log.info("link %s", event[1])
+            log.info("link %s", event[1], extra={"PERSONA": self.persona.name,
+                                                 "LINK": event[1]})
             self.notifier.status(self.describe())
 
     def _key(self, code: int, batch: int = 0) -> None:
@@ -247,7 +250,8 @@ class Appliance:
         """A reply's piece, or its end (None), from the engine's worker."""
         if piece is None:
             if reply.error is not None:
-                log.error("generation failed: %s", reply.error)
+                log.error("generation failed: %s", reply.error,
+                          extra={"ERROR_KIND": "generation", "PERSONA": self.persona.name})
             self.events.put(("done", reply))
         else:
             self.events.put(("piece", reply, piece))

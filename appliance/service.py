@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from typing import Optional
 
 log = logging.getLogger(__name__)
@@ -66,3 +67,37 @@ class Notifier:
 
     def stopping(self) -> None:
         self._send("STOPPING=1")
+
+
+_SYSLOG_LEVEL = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                 logging.CRITICAL: 2}
+
+
+class _PriorityPrefix(logging.Formatter):
+    """`<N>message`: journald reads the priority from the prefix (sd-daemon(3))."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{_SYSLOG_LEVEL.get(record.levelno, 6)}>{super().format(record)}"
+
+
+def configure_logging(verbose: bool) -> None:
+    """To the journal, with structured fields, under systemd; to stderr otherwise.
+
+    Log calls add fields with extra={"PERSONA": ..., "LINK": ..., "ERROR_KIND": ...};
+    systemd-python's JournalHandler stores upper-case extras as journal fields.
+    """
+    level = logging.INFO if verbose or os.environ.get("JOURNAL_STREAM") else logging.WARNING
+    root = logging.getLogger()
+    root.setLevel(level)
+    if os.environ.get("JOURNAL_STREAM"):
+        try:
+            from systemd.journal import JournalHandler
+
+            root.addHandler(JournalHandler(SYSLOG_IDENTIFIER="typewriter"))
+            return
+        except ImportError:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(_PriorityPrefix("%(name)s: %(message)s"))
+            root.addHandler(handler)
+            return
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

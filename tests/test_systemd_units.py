@@ -45,3 +45,23 @@ def test_udev_rule_names_the_device():
     rules = (UNITS / "99-typewriter.rules").read_text()
     assert rules.count('SYMLINK+="typewriter"') >= 2
     assert 'TAG+="systemd"' in rules
+
+
+def test_install_units_into_a_root(tmp_path):
+    from tests.conftest import typewriter
+
+    root = tmp_path / "root"
+    (root / "etc/typewriter").mkdir(parents=True)
+    (root / "etc/typewriter/config.toml").write_text('port = "/dev/ttyAMA0"\n')
+    result = typewriter("install-units", "--root", str(root))
+    assert result.returncode == 0, result.stderr
+    assert (root / "etc/systemd/system/typewriter.service").read_text() == (
+        UNITS / "typewriter.service").read_text()
+    link = root / "etc/systemd/system/multi-user.target.wants/typewriter.service"
+    assert str(link.readlink()) == "/etc/systemd/system/typewriter.service"
+    assert (root / "usr/lib/sysusers.d/typewriter.conf").exists()
+    assert (root / "etc/udev/rules.d/99-typewriter.rules").exists()
+    assert (root / "etc/typewriter/config.toml").read_text() == 'port = "/dev/ttyAMA0"\n', \
+        "the maker's config is never overwritten"
+    again = typewriter("install-units", "--root", str(root))
+    assert again.returncode == 0, "installing twice is fine"

@@ -55,6 +55,9 @@ class Appliance:
         self._hung = False
         self.batch = 0  # the journal's id of the key batch being handled
         self.reply_turn = 0
+        self.print_start = 0  # the typewriter's printed counter when the reply began
+        self.print_sent = 0  # print bytes of the reply handed to the link so far
+        self.print_seen = -1  # the extent last written to the journal
         self.link = Link(port, on_keys=self._keys_arrived,
                          on_change=lambda what: self.events.put(("link", what)))
         self.reply: Optional[Reply] = None
@@ -81,6 +84,10 @@ class Appliance:
             self.link.restore(*state)
         for message, reply in journal.exchanges():
             self.conversation.add(message, reply, Reply(stop_reason="restored"))
+        printing = journal.printing()
+        if printing is not None:  # the typewriter may still be striking it from its buffer
+            self.reply_turn, text, _, self.print_start, self.print_sent = printing
+            self.reply_text, self.print_seen = text, -1
         unanswered = journal.unanswered()
         if unanswered:
             self.waiting.append(unanswered)
@@ -121,6 +128,21 @@ class Appliance:
             except queue.Empty:
                 pass
             self._watchdog()
+            self._track_printing()
+
+    def _track_printing(self) -> None:
+        """Record in the journal how much of the last reply the typewriter has struck."""
+        if self.journal is None or not self.reply_turn or self.print_seen >= self.print_sent:
+            return
+        extent = max(0, min(self.print_sent, (self.link.printed - self.print_start) % 2**32))
+        if extent != self.print_seen and (self.reply is None or extent - self.print_seen >= 16):
+            # Print bytes to characters of the reply's text (wrapping and bells add bytes).
+            text = self.reply_text.strip()
+            chars = len(text) if extent >= self.print_sent else len(text) * extent // max(
+                1, self.print_sent)
+            self.journal.reply_printed(self.reply_turn, chars, self.print_start,
+                                       self.print_sent)
+            self.print_seen = extent
 
     def _watchdog(self) -> None:
         """Ping systemd while this loop runs and the model worker makes progress.
@@ -241,6 +263,9 @@ class Appliance:
         self.reply_message = message
         if self.journal is not None:
             self.reply_turn = self.journal.reply_started()
+            # Exact when the typewriter is idle at submit, which it is unless it is still
+            # printing something earlier.
+            self.print_start, self.print_sent, self.print_seen = self.link.printed, 0, -1
         self.reply_text = ""
         if not self.at_line_start:
             self.link.print_text("\n")
@@ -263,12 +288,15 @@ class Appliance:
         out = self.typesetter.feed(piece)
         if out:
             self.link.print_text(out)
+            self.print_sent += len(out)
             if self.journal is not None:  # a word at a time, not a token at a time
                 self.journal.reply_text(self.reply_turn, self.reply_text)
 
     def _finish_reply(self, reply: Reply) -> None:
         text = self.reply_text.strip()
-        self.link.print_text(self.typesetter.finish() + "\n\n")
+        tail = self.typesetter.finish()
+        self.link.print_text(tail + "\n\n")
+        self.print_sent += len(tail)
         self.at_line_start = True
         self.conversation.add(self.reply_message, text, reply)
         if self.journal is not None:

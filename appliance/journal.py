@@ -26,7 +26,9 @@ CREATE TABLE IF NOT EXISTS keys (
 CREATE TABLE IF NOT EXISTS turns (
     id INTEGER PRIMARY KEY, at REAL NOT NULL, conversation INTEGER NOT NULL,
     role TEXT NOT NULL CHECK (role IN ('user', 'character')), text TEXT NOT NULL,
-    last_key INTEGER, done INTEGER NOT NULL DEFAULT 0);
+    last_key INTEGER, done INTEGER NOT NULL DEFAULT 0,
+    printed INTEGER NOT NULL DEFAULT 0,   -- characters of text struck on paper
+    print_start INTEGER, print_bytes INTEGER);  -- typewriter counter at start, bytes sent
 CREATE TABLE IF NOT EXISTS conversations (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
 
@@ -133,6 +135,24 @@ class Journal:
             self._turns.execute("UPDATE turns SET text = ?, done = ? WHERE id = ?",
                                 (text, int(done), turn))
 
+    def reply_printed(self, turn: int, printed: int, start: int, sent: int) -> None:
+        """How much of a reply is on paper, and what it takes to go on measuring it
+        after a restart (the typewriter's counter at its start, the bytes sent)."""
+        with self._turns:
+            self._turns.execute(
+                "UPDATE turns SET printed = ?, print_start = ?, print_bytes = ? WHERE id = ?",
+                (printed, start, sent, turn))
+
+    def printing(self) -> Optional[Tuple[int, str, int, int, int]]:
+        """The last reply, if the paper has not caught up with it:
+        (turn, text, printed, print_start, print_bytes)."""
+        row = self._turns.execute(
+            "SELECT id, text, printed, print_start, print_bytes FROM turns "
+            "WHERE role = 'character' ORDER BY id DESC LIMIT 1").fetchone()
+        if row and row[3] is not None and row[2] < len(row[1]):
+            return row
+        return None
+
     def exchanges(self) -> List[Tuple[str, str]]:
         """The current conversation's finished exchanges, oldest first."""
         rows = self._turns.execute(
@@ -163,11 +183,13 @@ class Journal:
         return None
 
     def turns(self, since: float = 0.0) -> Iterator[Dict[str, object]]:
-        for turn_id, at, conv, role, text, done in self._turns.execute(
-                "SELECT id, at, conversation, role, text, done FROM turns WHERE at >= ? "
-                "ORDER BY id", (since,)):
+        for turn_id, at, conv, role, text, done, printed in self._turns.execute(
+                "SELECT id, at, conversation, role, text, done, printed FROM turns "
+                "WHERE at >= ? ORDER BY id", (since,)):
             yield {"id": turn_id, "at": at, "conversation": conv, "role": role, "text": text,
-                   "done": bool(done)}
+                   "done": bool(done),
+                   # The person's turn is on the paper as typed; a reply as far as struck.
+                   "printed": len(text) if role == "user" else printed}
 
 
 def export(journal: Journal, since: float, fmt: str) -> str:
@@ -183,5 +205,7 @@ def export(journal: Journal, since: float, fmt: str) -> str:
             lines.append(f"-- conversation {conv}, "
                          f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(t['at']))} --")
         mark = "" if t["done"] else " [unfinished]"
+        if t["role"] == "character" and t["done"] and t["printed"] < len(t["text"]):
+            mark += f" [printed {t['printed']} of {len(t['text'])} characters]"
         lines.append(f"{'YOU' if t['role'] == 'user' else 'CHARACTER'}: {t['text']}{mark}")
     return "\n".join(lines) + ("\n" if lines else "")

@@ -37,7 +37,8 @@ def test_run_answers_a_typewriter_on_a_pty(script_persona, tmp_path):
         port = sim.start()
         app = subprocess.Popen(
             [sys.executable, "-m", "appliance.cli", "run", "--port", port,
-             "--persona", str(script_persona), "--state-dir", str(tmp_path / "state")],
+             "--persona", str(script_persona), "--state-dir", str(tmp_path / "state"),
+             "--control", str(tmp_path / "c.sock")],
             stderr=subprocess.PIPE, text=True,
         )
         try:

@@ -48,7 +48,8 @@ def test_run_takes_port_persona_and_width_from_the_file(tmp_path, script_persona
         import sys
 
         app = subprocess.Popen([sys.executable, "-m", "appliance.cli", "run", "--config",
-                                str(path), "--state-dir", str(tmp_path / "state")],
+                                str(path), "--state-dir", str(tmp_path / "state"),
+                                "--control", str(tmp_path / "c.sock")],
                                stderr=subprocess.PIPE)
         try:
             sim.type_text("Hello\n\n")  # two returns do not send in submit-key mode

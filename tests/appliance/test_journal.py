@@ -45,10 +45,16 @@ def test_a_submitted_message_consumes_its_keys(tmp_path):
 def test_export_text_and_json(tmp_path):
     j = Journal(tmp_path)
     j.user_turn("Hi", 0)
-    j.reply_text(j.reply_started(), "Good morrow.", done=True)
+    turn = j.reply_started()
+    j.reply_text(turn, "Good morrow.", done=True)
+    j.reply_printed(turn, 5, 100, 13)
+    assert "Good morrow. [printed 5 of 12 characters]" in export(j, 0, "text")
+    assert j.printing() == (turn, "Good morrow.", 5, 100, 13)
+    j.reply_printed(turn, 12, 100, 13)
+    assert j.printing() is None
     lines = [json.loads(line) for line in export(j, 0, "json").splitlines()]
-    assert [(t["role"], t["text"], t["done"]) for t in lines] == [
-        ("user", "Hi", True), ("character", "Good morrow.", True)]
+    assert [(t["role"], t["text"], t["done"], t["printed"]) for t in lines] == [
+        ("user", "Hi", True, 2), ("character", "Good morrow.", True, 12)]
     assert "YOU: Hi\nCHARACTER: Good morrow.\n" in export(j, 0, "text")
     assert export(j, time.time() + 60, "json") == ""
 
@@ -69,7 +75,8 @@ def test_reply_object_for_restored_exchanges_is_not_clean():
 def start_run(port, persona, state):
     return subprocess.Popen(
         [sys.executable, "-m", "appliance.cli", "run", "--port", port, "--persona",
-         str(persona), "--state-dir", str(state)], stderr=subprocess.PIPE, text=True)
+         str(persona), "--state-dir", str(state), "--control", str(state.parent / "c.sock")],
+        stderr=subprocess.PIPE, text=True)
 
 
 def transcript(state):
@@ -102,6 +109,11 @@ def test_sigkill_while_typing_and_while_replying_loses_nothing(script_persona, t
             sim.cps = 2000
             app = start_run(port, script_persona, state)
             assert wait_for(lambda: sim.paper.text().split("Third")[-1].count("home.") >= 1, 60)
+            # The typewriter went on printing from its own buffer while the appliance was
+            # down; the restarted appliance goes on measuring, so every reply ends up shown
+            # as fully printed.
+            assert wait_for(lambda: all(r["printed"] == len(r["text"]) for r in
+                                        transcript(state) if r["role"] == "character"), 30)
         finally:
             app.terminate()
             app.wait(10)

@@ -69,7 +69,8 @@ def test_run_says_ready_status_watchdog_and_stopping_in_order(notify_socket, scr
         env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="400000")
         app = subprocess.Popen([sys.executable, "-m", "appliance.cli", "run", "--port", port,
                                 "--persona", str(script_persona), "--state-dir",
-                                str(tmp_path / "state")], env=env, stderr=subprocess.PIPE)
+                                str(tmp_path / "state"), "--control", str(tmp_path / "c.sock")],
+                               env=env, stderr=subprocess.PIPE)
         try:
             messages = drain(sock, 3.0)
             sim.type_text("Hello\n\n")

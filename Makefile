@@ -5,27 +5,34 @@ BIN := $(VENV)/bin
 # llama-cpp-python builds from source; skip what we never use. pip's wheel
 # cache makes every later install of the same version instant.
 export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF
-STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[dev,synth]'
-	touch $(STAMP)
 
-demo: $(STAMP)
+# The demo needs the appliance and the model tools only.
+$(VENV)/.demo: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e '.[synth]'
+	touch $@
+
+# The tests also build systemd-python (libsystemd-dev, pkg-config).
+$(VENV)/.test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e '.[dev,synth]'
+	touch $@
+
+demo: $(VENV)/.demo
 	$(BIN)/typewriter demo
 
-test: $(STAMP)
+test: $(VENV)/.test
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-lint: $(STAMP)
+lint: $(VENV)/.test
 	$(BIN)/ruff check .
 
-bench: $(STAMP)
+bench: $(VENV)/.demo
 	$(BIN)/typewriter bench --json bench-results/bench.json
 	$(BIN)/typewriter model bench --shape tiny --shape smollm2-135m --shape tinyllama-1.1b --json bench-results/models.json
 

@@ -21,7 +21,10 @@ class Notifier:
     """The service's voice to systemd."""
 
     def __init__(self, environ: Optional[dict] = None):
+        """environ: the process's environment (default), or a given one (then the
+        datagrams are written directly: systemd-python reads only the real one)."""
         env = os.environ if environ is None else environ
+        self._own_environ = environ is None
         self.address = env.get("NOTIFY_SOCKET", "")
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
@@ -37,6 +40,8 @@ class Notifier:
     def _choose_sender(self):
         if not self.address:
             return lambda message: None
+        if not self._own_environ:
+            return self._datagram
         try:
             from systemd import daemon  # systemd-python
 

@@ -117,16 +117,25 @@ def test_a_hung_model_worker_stops_the_pings(notify_socket, script_persona, monk
         engine.close()
 
 
-def test_under_systemd_without_systemd_python_logs_carry_priorities():
-    code = ("import logging; from appliance.service import configure_logging; "
-            "configure_logging(False); logging.getLogger('t').warning('paper out'); "
-            "logging.getLogger('t').info('ready')")
+def run_logging(code: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, JOURNAL_STREAM="8:1234")
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                            text=True, timeout=30)
-    try:
-        from systemd import journal  # noqa: F401
-        pytest.skip("systemd-python is installed: logs go to the journal itself")
-    except ImportError:  # (the repo's own systemd/ folder is no such package)
-        pass
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=30)
+
+
+def test_under_systemd_without_systemd_python_logs_carry_priorities():
+    result = run_logging(
+        "import sys; sys.modules['systemd.journal'] = None; "  # as on a board without it
+        "import logging; from appliance.service import configure_logging; "
+        "configure_logging(False); logging.getLogger('t').warning('paper out'); "
+        "logging.getLogger('t').info('ready')")
     assert result.stderr.splitlines() == ["<4>t: paper out", "<6>t: ready"]
+
+
+def test_under_systemd_with_systemd_python_logs_go_to_the_journal():
+    pytest.importorskip("systemd.journal")
+    result = run_logging(
+        "import logging; from appliance.service import configure_logging; "
+        "configure_logging(False); "
+        "print(type(logging.getLogger().handlers[0]).__name__)")
+    assert result.stdout.strip() == "JournalHandler", result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -267,7 +268,8 @@ def synthetic(shape: str, script: Optional[str] = None, tag: str = "") -> Path:
 def cmd_bench(args: argparse.Namespace) -> int:
     from appliance import bench
 
-    model = synthetic(args.shape, bench.REPLY_SCRIPT, "-bench")
+    tag = "-bench-" + hashlib.sha1(bench.REPLY_SCRIPT.encode()).hexdigest()[:8]
+    model = synthetic(args.shape, bench.REPLY_SCRIPT, tag)
     result = bench.end_to_end(model, args.shape, args.threads or physical_cores(),
                               rate=args.rate, cps=args.cps, exchanges=args.exchanges,
                               out=Path(args.json))

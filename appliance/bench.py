@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from appliance.engine import Engine, Sampling, kv_cache_options
-from appliance.model_synth import CORPUS
+from appliance.model_synth import held_out_text
 
 TYPEWRITER_CPS = 12.0  # a Brother AX-class typewriter's print speed
 
@@ -42,7 +42,7 @@ def measure(model: Path, threads: int, tokens: int = 64) -> Dict[str, float]:
     load_s = time.perf_counter() - started
     try:
         n_prompt = engine.count_tokens(PROMPT)
-        english = CORPUS.read_text(encoding="utf-8")[-4000:]
+        english = held_out_text()[-4000:]
         chars_per_token = len(english) / engine.count_tokens(english)
         sampling = Sampling(max_tokens=tokens, temperature=1.0, top_p=1.0, top_k=0)
         submitted = time.perf_counter()
@@ -149,7 +149,6 @@ def _percentile(values: List[float], q: float) -> float:
 def _conversation(engine: Engine, persona, prefill: bool, rate: float, cps: float,
                   messages: List[str]) -> Dict[str, list]:
     """Type the messages into a fresh appliance; time what comes back."""
-    import threading
 
     from appliance.cli import wait_for
     from appliance.daemon import Appliance
@@ -160,10 +159,8 @@ def _conversation(engine: Engine, persona, prefill: bool, rate: float, cps: floa
     app = Appliance(persona, engine, sim.start(), prefill=prefill).start()
     replies: list = []
     app.on_reply = lambda text, reply: replies.append(reply)
-    runner = threading.Thread(target=app.run, daemon=True)
-    runner.start()
     ttft, idle, evaluated = [], [], []
-    try:
+    with app.running():
         if not wait_for(lambda: app.link.up, 10):
             raise RuntimeError("the simulated typewriter did not answer")
         if not prefill:
@@ -180,11 +177,7 @@ def _conversation(engine: Engine, persona, prefill: bool, rate: float, cps: floa
             ttft.append(first - submitted)
             idle.append(_printer_idle(sim, submitted, cps, 0.5))
             evaluated.append(replies[-1].evaluated)
-    finally:
-        app.stop()
-        runner.join()
-        app.close()
-        sim.stop()
+    sim.stop()
     decode = [(r.tokens - 1) / (r.done_at - r.first_token_at) for r in replies if r.tokens > 1]
     return {"ttft": ttft, "idle": idle, "decode": decode, "evaluated": evaluated}
 

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -127,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from appliance.daemon import Appliance
-    from firmware_bridge.simulator import SimulatedTypewriter, read_terminal_keys
+    from firmware_bridge.simulator import SimulatedTypewriter
 
     journal = Journal(Path(args.state_dir)) if args.state_dir else None
     persona, engine = load(args)
@@ -136,30 +135,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     path = sim.start()
     app = Appliance(persona, engine, path, width=args.width, prefill=args.prefill,
                     journal=journal).start()
-    runner = threading.Thread(target=app.run, name="appliance", daemon=True)
-    runner.start()
     try:
-        if not wait_for(lambda: app.link.up, 10):
-            raise CliError("the simulated typewriter did not answer within 10 s")
-        if args.type is not None:
-            sim.type_text(args.type + "\n\n")
-            if not wait_for(lambda: app.replies >= 1 and app.idle, args.timeout):
-                raise CliError(f"no complete reply within {args.timeout:.0f} s (--timeout)")
-            sim.wait_printed(args.timeout)
-            print(sim.paper.text())
-        else:
-            print(f"Type to {persona.name}; press Return twice to send. Ctrl-R resets, "
-                  "Ctrl-C quits.\n", file=sys.stderr)
-            read_terminal_keys(sim.press)
+        with app.running():
+            demo_session(app, sim, persona.name, args)
     finally:
-        app.stop()
-        runner.join()
-        app.close()
         sim.stop()
         engine.close()
         if journal is not None:
             journal.close()
     return 0
+
+
+def demo_session(app, sim, name: str, args: argparse.Namespace) -> None:
+    """What the person sees: a scripted exchange (--type) or the terminal's keys."""
+    from firmware_bridge.simulator import read_terminal_keys
+
+    if not wait_for(lambda: app.link.up, 10):
+        raise CliError("the simulated typewriter did not answer within 10 s")
+    if args.type is None:
+        print(f"Type to {name}; press Return twice to send. Ctrl-R resets, Ctrl-C quits.\n",
+              file=sys.stderr)
+        read_terminal_keys(sim.press)
+        return
+    sim.type_text(args.type + "\n\n")
+    if not wait_for(lambda: app.replies >= 1 and app.idle, args.timeout):
+        raise CliError(f"no complete reply within {args.timeout:.0f} s (--timeout)")
+    sim.wait_printed(args.timeout)
+    print(sim.paper.text())
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
@@ -240,17 +242,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_model_synth(args: argparse.Namespace) -> int:
+    from appliance.model_synth import synth_command
+
     try:
-        from appliance.model_synth import synthesize
+        print(synth_command(args.shape, Path(args.out), quant=args.quant, seed=args.seed,
+                            script=args.script))
     except ImportError as e:
         raise CliError(f"the synth tools are missing ({e.name}): "
                        "pip install 'typewriter-appliance[synth]'") from e
-    try:
-        synthesize(args.shape, Path(args.out), quant=args.quant, seed=args.seed, script=args.script)
     except ValueError as e:
         raise CliError(str(e)) from e
-    size = Path(args.out).stat().st_size / 1e6
-    print(f"wrote {args.out}: {args.shape} shape, {args.quant}, {size:.1f} MB")
     return 0
 
 

@@ -12,7 +12,8 @@ import queue
 import sqlite3
 import threading
 import time
-from typing import Callable, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
 from appliance.conversation import Conversation
 from appliance.engine import Engine, EngineError, Reply
@@ -114,6 +115,18 @@ class Appliance:
                 return False
         self.events.put(("keys", codes, batch))
         return True
+
+    @contextmanager
+    def running(self) -> Iterator[Appliance]:
+        """The loop on its own thread for the duration; stopped and closed after."""
+        runner = threading.Thread(target=self.run, name="appliance", daemon=True)
+        runner.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+            runner.join()
+            self.close()
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,6 +1,5 @@
 """The appliance loop with a simulated typewriter and the real engine."""
 
-import threading
 
 import pytest
 
@@ -21,13 +20,9 @@ def rig(script_persona):
     engine = Engine(Persona.load(script_persona).model_path, n_ctx=512, n_threads=2).start()
     sim = SimulatedTypewriter(width=65, cps=400, cr_seconds=0.01)
     app = Appliance(Persona.load(script_persona), engine, sim.start()).start()
-    runner = threading.Thread(target=app.run, daemon=True)
-    runner.start()
-    assert wait_for(lambda: app.link.up, 10)
-    yield sim, app
-    app.stop()
-    runner.join()
-    app.close()
+    with app.running():
+        assert wait_for(lambda: app.link.up, 10)
+        yield sim, app
     sim.stop()
     engine.close()
 

@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from appliance.engine import Reply
 from appliance.journal import Journal, JournalError, export
 from firmware_bridge.simulator import SimulatedTypewriter
 from tests.conftest import SCRIPT_REPLY, typewriter, wait_for
@@ -66,10 +65,6 @@ def test_unusable_state_dir_is_a_clear_error(tmp_path):
         Journal(blocker / "state")
     result = typewriter("transcript", "--state-dir", str(tmp_path / "empty"))
     assert result.returncode == 2 and "no transcript" in result.stderr
-
-
-def test_reply_object_for_restored_exchanges_is_not_clean():
-    assert Reply(stop_reason="restored").stop_reason != "stop"
 
 
 def start_run(port, persona, state):

@@ -5,7 +5,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -100,19 +99,15 @@ def test_a_hung_model_worker_stops_the_pings(notify_socket, script_persona, monk
     engine = Engine(persona.model_path, n_ctx=512, n_threads=2).start()
     sim = SimulatedTypewriter(cps=2000, cr_seconds=0)
     app = Appliance(persona, engine, sim.start(), notifier=Notifier()).start()
-    runner = threading.Thread(target=app.run, daemon=True)
-    runner.start()
     try:
-        assert "WATCHDOG=1" in drain(sock, 1.0)
-        engine._jobs.put(lambda: time.sleep(2.5))  # a generation that never comes back
-        time.sleep(0.8)
-        drain(sock, 0.1)
-        assert "WATCHDOG=1" not in drain(sock, 1.0), "a hung worker must stop the pings"
-        assert "WATCHDOG=1" in drain(sock, 2.0), "pings resume once the worker moves again"
+        with app.running():
+            assert "WATCHDOG=1" in drain(sock, 1.0)
+            engine._jobs.put(lambda: time.sleep(2.5))  # a generation that never comes back
+            time.sleep(0.8)
+            drain(sock, 0.1)
+            assert "WATCHDOG=1" not in drain(sock, 1.0), "a hung worker must stop the pings"
+            assert "WATCHDOG=1" in drain(sock, 2.0), "pings resume once the worker moves again"
     finally:
-        app.stop()
-        runner.join()
-        app.close()
         sim.stop()
         engine.close()
 

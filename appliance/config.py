@@ -22,7 +22,9 @@ SYSTEM_CONFIG = Path("/etc/typewriter/config.toml")
 EXAMPLE = """\
 # /etc/typewriter/config.toml: every setting is optional.
 port = "/dev/typewriter"      # the typewriter's serial device
-persona = "/var/lib/typewriter/personas/default"   # a persona folder
+# persona = "juliet"          # an installed persona's name or a persona folder
+                              # (default: the active installed one, else the shipped one)
+personas = "/var/lib/typewriter/personas"   # where `persona push` installs personas
 width = 65                    # carriage width in characters
 submit = "double-return"      # or "submit-key": only the send key sends
 prefill = true                # evaluate the prompt while the person types
@@ -41,6 +43,7 @@ class ConfigError(Exception):
 class Config:
     port: Optional[str] = None
     persona: Optional[str] = None
+    personas: Optional[str] = None
     width: int = 65
     submit: str = "double-return"
     prefill: bool = True
@@ -54,6 +57,7 @@ class Config:
 _RULES: Dict[str, Tuple[type, Any]] = {
     "port": (str, None),
     "persona": (str, None),
+    "personas": (str, None),
     "width": (int, (20, 250)),
     "submit": (str, ("double-return", "submit-key")),
     "prefill": (bool, None),

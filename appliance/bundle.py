@@ -44,6 +44,11 @@ def seal(folder: Path) -> None:
     (folder / SUMS).write_text("".join(lines), encoding="ascii")
 
 
+def plain_name(name: str) -> bool:
+    """A file name that stays inside the bundle folder (no paths, nothing hidden)."""
+    return bool(_NAME.match(name))
+
+
 def read_sums(folder: Path) -> Dict[str, str]:
     """The checksum list, every name checked to be a plain file name inside the bundle."""
     path = Path(folder) / SUMS
@@ -54,20 +59,25 @@ def read_sums(folder: Path) -> Dict[str, str]:
                           "writes it) or run sha256sum * > SHA256SUMS in it") from None
     except (OSError, UnicodeDecodeError) as e:
         raise BundleError(f"{path}: unreadable ({e}); rebuild the bundle") from None
+    return parse_sums(text, str(path))
+
+
+def parse_sums(text: str, where: str = SUMS) -> Dict[str, str]:
+    """name -> hex digest from SHA256SUMS text; raises BundleError naming the bad line."""
     sums: Dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), 1):
         match = _LINE.match(line)
         if not match:
-            raise BundleError(f"{path}:{number}: not a sha256sum line; rebuild the bundle")
+            raise BundleError(f"{where}:{number}: not a sha256sum line; rebuild the bundle")
         hexdigest, name = match.groups()
         if not _NAME.match(name) or name == SUMS:
-            raise BundleError(f"{path}:{number}: {name!r} is not a plain file name in the "
+            raise BundleError(f"{where}:{number}: {name!r} is not a plain file name in the "
                               "bundle (paths and hidden files are refused); rebuild the bundle")
         if name in sums:
-            raise BundleError(f"{path}:{number}: {name} is listed twice; rebuild the bundle")
+            raise BundleError(f"{where}:{number}: {name} is listed twice; rebuild the bundle")
         sums[name] = hexdigest
     if not sums:
-        raise BundleError(f"{path}: lists no files; rebuild the bundle")
+        raise BundleError(f"{where}: lists no files; rebuild the bundle")
     return sums
 
 

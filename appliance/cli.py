@@ -21,6 +21,7 @@ from appliance.control import request as control_request
 from appliance.engine import Engine, EngineError, check_gguf, physical_cores
 from appliance.journal import Journal, JournalError, export
 from appliance.persona import Persona, PersonaError
+from appliance.persona_store import StoreError
 from appliance.service import Notifier, configure_logging
 from appliance.units import UnitsError
 from firmware_bridge.link import LinkError, open_port
@@ -426,6 +427,10 @@ def parser() -> argparse.ArgumentParser:
     speed.add_argument("--threads", type=bounded(int, 1, 256), default=None)
     speed.add_argument("--json", default="bench-results/models.json", help="results file")
     speed.set_defaults(func=cmd_model_bench)
+
+    from appliance import persona_cli
+
+    persona_cli.register(sub)
     return p
 
 
@@ -435,7 +440,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except (CliError, PersonaError, EngineError, LinkError, JournalError, ConfigError,
-            ControlError, UnitsError) as e:
+            ControlError, UnitsError, StoreError) as e:
         for line in str(e).splitlines():
             print(f"typewriter: error: {line}", file=sys.stderr)
         return 2
@@ -444,4 +449,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, so that `python -m appliance.cli` and the modules
+    # that import CliError from appliance.cli share one CliError class.
+    from appliance.cli import main as imported_main
+
+    sys.exit(imported_main())

@@ -210,7 +210,8 @@ def _finish(proc: subprocess.Popen, first: str, say: Callable[[str], None]) -> N
 def authorized_keys_line(pubkey: str, command: str = "typewriter persona receive") -> str:
     """The `authorized_keys` line that limits a key to receiving personas."""
     parts = pubkey.strip().split()
-    if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")) or "\n" in pubkey:
+    if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")) or \
+            "\n" in pubkey.strip():
         raise TransferError("not an OpenSSH public key (expected 'ssh-ed25519 AAAA... comment'):"
                             " give the contents of the .pub file")
     return f'restrict,command="{command}" {" ".join(parts)}'

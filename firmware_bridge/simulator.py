@@ -1,10 +1,10 @@
 """A simulated typewriter on a pseudo-terminal.
 
-The same `Device` logic the firmware runs sits on one side of a pty; the
-host opens the other side with pyserial like any serial port. Keys typed on
-the simulated keyboard strike the paper at once (as on a real typewriter) and
-are reported to the host; print bytes from the host strike the paper at the
-mechanism's pace.
+The firmware itself (`firmware_bridge.firmware`) runs on one side of a pty,
+on a simulated board; the host opens the other side with pyserial like any
+serial port. Keys typed on the simulated keyboard are scanned, reported to the
+host and echoed onto the paper; print bytes from the host strike the paper at
+the mechanism's pace; keys typed while a reply prints wait until it is done.
 """
 
 from __future__ import annotations
@@ -20,7 +20,11 @@ import tty
 from typing import Callable, List, Optional, TextIO, Tuple
 
 from firmware_bridge import messages as m
-from firmware_bridge.device import BELL, Device
+from firmware_bridge import model as models
+from firmware_bridge.firmware import Firmware
+from firmware_bridge.hal import SimHal
+
+SCAN_EVERY = 0.001  # while the finger is on the keys
 
 # Terminal bytes that are typewriter keys other than printable ASCII.
 CONTROL_KEYS = {
@@ -64,11 +68,19 @@ class Paper:
 
 
 class SimulatedTypewriter:
-    """A typewriter with keyboard and print mechanism, behind a pty."""
+    """A typewriter with keyboard and print mechanism, behind a pty.
+
+    Inside is the firmware itself (`Firmware`: scan, keymap, Device, injector)
+    on a simulated board (`SimHal`); only the keyboard's finger, the logic
+    board and the paper are simulated. The model's timings are replaced by
+    the simulator's: a person's keystroke is down for `debounce[0]` and up for
+    `debounce[1]`, and each character takes 1/cps, a return cr_seconds.
+    """
 
     def __init__(self, width: int = 65, cps: float = 12.0, cr_seconds: float = 0.5,
                  name: str = "simulated typewriter", boot_id: Optional[int] = None,
-                 on_strike: Optional[Callable[[str], None]] = None, record: bool = False):
+                 on_strike: Optional[Callable[[str], None]] = None, record: bool = False,
+                 model: str = "brother_ax", debounce: Tuple[float, float] = (0.002, 0.001)):
         self.paper = Paper(width)
         self.cps = cps
         self.cr_seconds = cr_seconds
@@ -79,13 +91,19 @@ class SimulatedTypewriter:
         self.record = record
         self.received: List[Tuple[float, int]] = []
         self.struck: List[Tuple[float, int]] = []
-        self.device = Device(name, boot_id if boot_id is not None else random.getrandbits(32),
-                             time.monotonic)
+        spec = models.load(model)
+        spec["timing_ms"] = dict(spec["timing_ms"], hold=0, release=0, char=1000.0 / cps,
+                                 cr=cr_seconds * 1000, cr_per_column=0, lf=0,
+                                 debounce_press=debounce[0] * 1000,
+                                 debounce_release=debounce[1] * 1000)
+        self.hal = SimHal(spec, self._struck, self._bell)
+        self.firmware = Firmware(spec, self.hal, time.monotonic,
+                                 boot_id if boot_id is not None else random.getrandbits(32),
+                                 name=name)
+        self.device = self.firmware.device
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._busy_until = 0.0
-        self._striking: Optional[int] = None
         self.master = self.slave = self._wake_r = self._wake_w = -1
         self.path = ""
 
@@ -97,7 +115,7 @@ class SimulatedTypewriter:
             tty.setraw(fd)
         self.path = os.ttyname(self.slave)
         os.set_blocking(self.master, False)
-        self.device.boot()
+        self.firmware.boot()
         self._thread = threading.Thread(target=self._run, name="typewriter", daemon=True)
         self._thread.start()
         return self.path
@@ -121,14 +139,13 @@ class SimulatedTypewriter:
     # -- the keyboard ----------------------------------------------------------------
 
     def press(self, code: int) -> None:
-        """One key: the keystroke strikes the paper and goes to the host."""
+        """One key (with its Shift or Code) pressed on the keyboard; codes the
+        typewriter has no key for are ignored."""
+        strokes = self.firmware.keymap.strokes(code)
+        if not strokes:
+            return
         with self._lock:
-            self.device.type_key(code)
-            ch = {m.KEY_RETURN: "\n", m.KEY_BACKSPACE: "\b", m.KEY_TAB: " "}.get(code)
-            if ch is None and 0x20 <= code <= 0x7E:
-                ch = chr(code)
-            if ch is not None:
-                self._strike(ch)
+            self.hal.keyboard.type(strokes)
         if self._wake_w >= 0:
             os.write(self._wake_w, b"k")
 
@@ -139,27 +156,39 @@ class SimulatedTypewriter:
             if cps:
                 time.sleep(1.0 / cps)
 
-    def _strike(self, ch: str) -> None:
+    def _struck(self, code: int) -> None:
+        """The logic board struck a key, typed or printed."""
+        ch = {m.KEY_RETURN: "\n", m.KEY_BACKSPACE: "\b", m.KEY_TAB: " "}.get(code)
+        if ch is None and 0x20 <= code <= 0x7E:
+            ch = chr(code)
+        if ch is None:
+            return
+        if self.record and self.firmware.injector.from_host:
+            self.struck.append((time.monotonic(), code))
         self.paper.strike(ch)
         self.on_strike(ch)
 
-    # -- the print mechanism and the serial line ------------------------------------------
+    def _bell(self) -> None:
+        self.bells += 1
+
+    # -- the firmware's loop and the serial line -------------------------------------------
 
     def wait_printed(self, timeout: float) -> bool:
-        """Wait until nothing is queued or being printed; False on timeout."""
+        """Wait until nothing is queued, held or being struck; False on timeout."""
+        fw = self.firmware
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
-                if not len(self.device.print_queue) and self._striking is None:
+                if not (fw.printing or fw.injector.phase or len(fw.injector.echo)
+                        or len(fw.held)):
                     return True
             time.sleep(0.02)
         return False
 
     def _run(self) -> None:
+        wait = 0.0
         while not self._stop.is_set():
-            # Sleep until the mechanism's next strike is due (at most 50 ms) or bytes arrive.
-            wait = 0.05 if self._striking is None else max(0.0, self._busy_until - time.monotonic())
-            readable, _, _ = select.select([self.master, self._wake_r], [], [], min(wait, 0.05))
+            readable, _, _ = select.select([self.master, self._wake_r], [], [], wait)
             if self._wake_r in readable:
                 os.read(self._wake_r, 512)
             data = b""
@@ -169,54 +198,27 @@ class SimulatedTypewriter:
                 except OSError:  # no host has the port open right now
                     time.sleep(0.01)
             with self._lock:
+                now = time.monotonic()
                 if data:
                     queued = len(self.device.print_queue)
                     self.device.feed(data)
                     if self.record and len(self.device.print_queue) > queued:
-                        self.received.append((time.monotonic(),
-                                              len(self.device.print_queue) - queued))
-                self._mechanism()
+                        self.received.append((now, len(self.device.print_queue) - queued))
+                wake = self.firmware.poll(now)
                 out = self.device.output()
+                typing = self.hal.keyboard.typing
             if out:
                 self._write(out)
+            # Sleep until the next strike is due, a scan is needed or bytes arrive (<= 50 ms).
+            wait = SCAN_EVERY if typing else 0.05
+            if wake is not None:
+                wait = min(wait, max(0.0, wake - now))
 
     def _write(self, data: bytes) -> None:
         try:
             os.write(self.master, data)
         except OSError:
             pass  # nobody listening: the protocol retransmits what matters
-
-    def _mechanism(self) -> None:
-        """Strike print bytes, each once the previous one has had its time.
-
-        Bells and unprintable bytes take no time, so the next byte follows at once.
-        """
-        now = time.monotonic()
-        if self._striking is not None:
-            if now < self._busy_until:
-                return
-            self.device.printed(self._striking)
-            self._striking = None
-        while True:
-            byte = self.device.next_print_byte()
-            if byte is None:
-                return
-            if byte == m.KEY_RETURN:
-                self._busy_until = now + self.cr_seconds
-                ch = "\n"
-            elif 0x20 <= byte <= 0x7E:
-                self._busy_until = now + 1.0 / self.cps
-                ch = chr(byte)
-            else:
-                if byte == BELL:
-                    self.bells += 1
-                self.device.printed(byte)
-                continue
-            if self.record:
-                self.struck.append((now, byte))
-            self._strike(ch)
-            self._striking = byte
-            return
 
 
 def read_terminal_keys(press: Callable[[int], None], stdin: TextIO = sys.stdin) -> None:

@@ -65,7 +65,7 @@ class SimKeyboard:
                 self.open(position)
             self.phase, self.seen = UP, None
         elif self.phase == UP and self.seen is not None and now >= self.seen + self.release_s:
-            self.phase = IDLE
+            self.phase, self.seen = IDLE, None
         if self.phase == IDLE and self.strokes:
             self.current = self.strokes.pop(0)
             for position in self.current:

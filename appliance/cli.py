@@ -64,44 +64,54 @@ def model_for(persona: Persona, override: Optional[str]) -> Path:
         ) from e
 
 
-def load(args: argparse.Namespace) -> tuple[Persona, Engine]:
-    persona = Persona.load(Path(args.persona) if args.persona else DEFAULT_PERSONA)
-    model = model_for(persona, args.model)
-    if persona.synthetic and not args.model:
+def load(args: argparse.Namespace, folder: Optional[Path] = None) -> tuple[Persona, Engine]:
+    persona = Persona.load(folder or (Path(args.persona) if args.persona else DEFAULT_PERSONA))
+    return persona, engine_for(persona, args, args.model)
+
+
+def engine_for(persona: Persona, args: argparse.Namespace,
+               override: Optional[str] = None) -> Engine:
+    """Load a persona's model with the engine settings given on the command line."""
+    model = model_for(persona, override)
+    if persona.synthetic and not override:
         print(
             f"Persona {persona.name!r} runs on a synthetic stand-in model (random weights, shape "
             f"{persona.synthetic!r}): its replies are noise until you build a trained persona.",
             file=sys.stderr,
         )
     mmap = {"auto": None, "on": True, "off": False}[args.mmap]
-    engine = Engine(model, n_ctx=args.ctx, n_threads=args.threads,
-                    seed=persona.generation.seed, mmap=mmap,
-                    kv_quant=args.kv == "q8_0").start()
-    return persona, engine
+    return Engine(model, n_ctx=args.ctx, n_threads=args.threads,
+                  seed=persona.generation.seed, mmap=mmap,
+                  kv_quant=args.kv == "q8_0").start()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from appliance.daemon import Appliance
+    from appliance.persona_cli import store_for
+    from appliance.switcher import Switcher
 
     config = merge(load_config(Path(args.config) if args.config else default_path()), {
         "port": args.port, "persona": args.persona, "width": args.width,
         "threads": args.threads, "context": args.ctx, "prefill": args.prefill, "kv": args.kv,
-        "mmap": args.mmap})
+        "mmap": args.mmap, "personas": args.personas})
     if not config.port:
         raise CliError("no serial port: pass --port or set port in the config file")
     args.port, args.persona, args.width, args.threads = (config.port, config.persona,
                                                          config.width, config.threads)
     args.ctx, args.prefill, args.kv, args.mmap = (config.context, config.prefill, config.kv,
                                                   config.mmap)
+    args.personas = config.personas
     open_port(args.port).close()  # a wrong port is reported before a model loads for minutes
     journal = Journal(state_dir(args.state_dir))
     notifier = Notifier()
     notifier.extend_timeout(300)  # loading a 1B model from an SD card takes a while
     notifier.status("loading the model")
-    persona, engine = load(args)
+    store = store_for(args)
+    persona, engine = load(args, store.folder_for(args.persona))
+    switcher = Switcher(store, lambda p: engine_for(p, args), n_ctx=args.ctx)
     app = Appliance(persona, engine, args.port, width=args.width, prefill=args.prefill,
                     journal=journal, notifier=notifier,
-                    double_return=config.submit == "double-return").start()
+                    double_return=config.submit == "double-return", switcher=switcher).start()
     try:
         control = ControlServer(Path(args.control) if args.control else control_path(),
                                 app.control).start()
@@ -325,7 +335,8 @@ SECONDS = bounded(float, 0, 60)
 
 
 def _engine_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--persona", help="persona folder (default: the shipped persona)")
+    p.add_argument("--persona", help="an installed persona's name or a persona folder "
+                   "(default: the active installed persona, else the shipped one)")
     p.add_argument("--model", help="run another GGUF model in the persona's frame")
     p.add_argument("--threads", type=bounded(int, 1, 256), default=None,
                    help="llama.cpp threads (default: physical cores)")
@@ -356,6 +367,8 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(width=None, ctx=None, prefill=None, kv=None, mmap=None)
     run.add_argument("--state-dir", help="transcript and link state (default: systemd's "
                      "StateDirectory, else $XDG_STATE_HOME/typewriter)")
+    run.add_argument("--personas", help="installed personas (default: the config's personas, "
+                     "else /var/lib/typewriter/personas)")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="a simulated typewriter and the appliance in one terminal")

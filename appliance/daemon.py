@@ -22,6 +22,7 @@ from appliance.line_editor import LineEditor
 from appliance.persona import Persona, make_frame
 from appliance.printer import Typesetter
 from appliance.service import Notifier
+from appliance.switcher import Plan, Switcher, SwitchError
 from firmware_bridge.link import Link
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 MIN_TURN = 32  # tokens a message must at least have room for
 HUNG_AFTER = 30.0  # seconds without a token before the model worker counts as hung
 PIECE_BATCH = 0.1  # seconds of reply text gathered before the loop is woken
+SWITCH_TIMEOUT = 600.0  # validating and loading a 1B model on a Pi 4 takes a while
 
 
 class Appliance:
@@ -36,19 +38,13 @@ class Appliance:
 
     def __init__(self, persona: Persona, engine: Engine, port: str, width: int = 65,
                  prefill: bool = True, journal: Optional[Journal] = None,
-                 notifier: Optional[Notifier] = None, double_return: bool = True):
-        self.persona = persona
-        self.engine = engine
+                 notifier: Optional[Notifier] = None, double_return: bool = True,
+                 switcher: Optional[Switcher] = None):
         self.prefill = prefill
-        self.frame = make_frame(persona, engine.chat_template, engine.bos, engine.eos)
-        reply_room = persona.generation.max_tokens
-        self.conversation = Conversation(self.frame, engine.tokenize, engine.n_ctx, reply_room)
-        if len(self.conversation.head) + reply_room + MIN_TURN > engine.n_ctx:
-            raise EngineError(
-                f"a context of {engine.n_ctx} tokens cannot hold persona {persona.name!r} "
-                f"({len(self.conversation.head)} tokens of frame, {reply_room} for a reply): "
-                "raise --ctx or shorten the persona's preamble and examples"
-            )
+        self._adopt(persona, engine)
+        self.switcher = switcher
+        self._pending_switch: Optional[tuple] = None  # (plan, answer) until the reply ends
+        self.last_switch_error = ""
         self.editor = LineEditor(double_return=double_return)
         self.typesetter = Typesetter(width=width)
         self.events: queue.Queue[tuple] = queue.Queue()
@@ -71,6 +67,20 @@ class Appliance:
         self.at_line_start = True
         self._stop = threading.Event()
         self.on_reply: Callable[[str, Reply], None] = lambda text, reply: None
+
+    def _adopt(self, persona: Persona, engine: Engine) -> None:
+        """Take a persona and its loaded model as the ones that answer."""
+        frame = make_frame(persona, engine.chat_template, engine.bos, engine.eos)
+        reply_room = persona.generation.max_tokens
+        conversation = Conversation(frame, engine.tokenize, engine.n_ctx, reply_room)
+        if len(conversation.head) + reply_room + MIN_TURN > engine.n_ctx:
+            raise EngineError(
+                f"a context of {engine.n_ctx} tokens cannot hold persona {persona.name!r} "
+                f"({len(conversation.head)} tokens of frame, {reply_room} for a reply): "
+                "raise --ctx or shorten the persona's preamble and examples"
+            )
+        self.persona, self.engine, self.frame = persona, engine, frame
+        self.conversation = conversation
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -186,11 +196,14 @@ class Appliance:
                     else "down", "typewriter": self.link.peer_name, "port": self.link.port,
                     "busy": self.reply is not None, "exchanges": len(self.conversation.exchanges),
                     "last_reply": self.conversation.last_reply, "overflow": self.link.overflow,
+                    "persona_error": self.last_switch_error,
                     "status": self.describe()}
         if command in ("reset", "print"):
             answer: queue.Queue[dict] = queue.Queue()
             self.events.put(("control", command, str(request.get("text", "")), answer))
             return answer.get(timeout=30)
+        if command == "persona" and self.switcher is not None:
+            return self._switch_request(str(request.get("text", "")))
         if command in ("say", "persona"):
             return {"ok": False, "error": f"{command} is not available on this appliance yet"}
         return {"ok": False, "error": f"unknown command {command!r}: use status, reset or print"}
@@ -231,6 +244,8 @@ class Appliance:
             self._finish_reply(event[1])
         elif kind == "control":
             event[3].put(self._control(event[1], event[2]))
+        elif kind == "switch":
+            self._switch(event[1], event[2])
         elif kind == "link":
             log.info("link %s", event[1], extra={"PERSONA": self.persona.name,
                                                  "LINK": event[1]})
@@ -253,6 +268,9 @@ class Appliance:
         elif ev.kind == "reprint":
             if self.reply is None and self.conversation.last_reply:
                 self._typeset_line(self.conversation.last_reply)
+        elif ev.kind == "next_persona" and self.switcher is not None:
+            threading.Thread(target=self._switch_request, args=("next", True), daemon=True,
+                             name="switch").start()
         elif ev.kind in ("next_persona", "toggle_speech"):
             log.info("%s is not available on this appliance yet", ev.kind.replace("_", " "))
 
@@ -268,6 +286,7 @@ class Appliance:
             self.journal.new_conversation()
         self._prefill("")
         log.info("conversation reset")
+        self._apply_pending_switch()
 
     def _next(self) -> None:
         if self.reply is not None or not self.waiting:
@@ -334,6 +353,7 @@ class Appliance:
         self.reply = None
         self.replies += 1
         self.on_reply(text, reply)
+        self._apply_pending_switch()
         self.notifier.status(self.describe())
         self._next()
         if self.reply is None:
@@ -359,3 +379,67 @@ class Appliance:
         body = self.typesetter.feed(text) + self.typesetter.finish()
         self.link.print_text(prefix + body + "\n\n")
         self.at_line_start = True
+
+    # -- switching persona --------------------------------------------------------------
+
+    def _switch_request(self, request: str, on_paper: bool = False) -> dict:
+        """Off the loop: validate (and maybe load) the persona while this one serves."""
+        assert self.switcher is not None
+        try:
+            current = self.switcher.installed_name(self.persona)
+            name = self.switcher.target(request, current or "")
+            if name == current:
+                return {"ok": True, "persona": self.persona.name, "note": "already active"}
+            plan = self.switcher.prepare(name, self.engine.model_path)
+        except SwitchError as e:
+            return self._switch_failed(str(e), on_paper)
+        answer: queue.Queue[dict] = queue.Queue()
+        self.events.put(("switch", plan, answer))
+        result = answer.get(timeout=SWITCH_TIMEOUT)
+        if not result["ok"]:
+            return self._switch_failed(result["error"], on_paper)
+        return result
+
+    def _switch_failed(self, error: str, on_paper: bool) -> dict:
+        log.error("persona not switched: %s", error, extra={"ERROR_KIND": "persona"})
+        self.last_switch_error = error
+        if on_paper:
+            self.events.put(("control", "print", f"(persona not switched: {error})"[:200],
+                             queue.Queue()))
+        return {"ok": False, "error": error}
+
+    def _switch(self, plan: Plan, answer: queue.Queue) -> None:
+        """On the loop, between replies: the new persona takes over, or the old one stays."""
+        if self.reply is not None:
+            self._pending_switch = (plan, answer)
+            return
+        old_persona, old_engine = self.persona, self.engine
+        engine = plan.engine
+        try:
+            if engine is None:  # too little memory for both: the old model goes first
+                old_engine.close()
+                engine = self.switcher.load(plan.persona)
+            self._adopt(plan.persona, engine)
+        except (SwitchError, EngineError) as e:
+            if engine is not None:
+                engine.close()
+            if plan.engine is None:
+                self._adopt(old_persona, self.switcher.load(old_persona))
+            answer.put({"ok": False, "error": str(e)})
+            return
+        if plan.engine is not None:
+            old_engine.close()
+        if self.journal is not None:
+            self.journal.new_conversation()
+        self.switcher.activated(plan.name)
+        self.last_switch_error = ""
+        log.info("persona switched to %s (%s)", plan.persona.name, plan.name,
+                 extra={"PERSONA": plan.persona.name})
+        self.notifier.status(self.describe())
+        self._prefill(self.editor.text)
+        answer.put({"ok": True, "persona": plan.persona.name})
+
+    def _apply_pending_switch(self) -> None:
+        if self._pending_switch is not None and self.reply is None:
+            pending, self._pending_switch = self._pending_switch, None
+            self._switch(*pending)

@@ -19,6 +19,7 @@ from appliance.cli import CliError
 from appliance.config import default_path, load
 from appliance.control import ControlError, request
 from appliance.control import default_path as control_path
+from appliance.daemon import SWITCH_TIMEOUT
 from appliance.persona_store import DEFAULT_ROOT, PersonaStore, StoreError
 from appliance.persona_transfer import (
     TransferError,
@@ -28,8 +29,6 @@ from appliance.persona_transfer import (
     receive_command_line,
 )
 from appliance.validate import Limits, validate
-
-SWITCH_TIMEOUT = 600.0  # validating and loading a 1B model on a Pi 4 takes a while
 
 
 def store_for(args: argparse.Namespace) -> PersonaStore:

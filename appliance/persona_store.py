@@ -59,6 +59,14 @@ class PersonaStore:
                              "with `typewriter persona push`")
         return folder
 
+    def folder_for(self, spec: Optional[str]) -> Optional[Path]:
+        """A persona setting's folder: an installed name, a path, or (None) the active one."""
+        if spec is None:
+            return self.root / self.active if self.active else None
+        if NAME.match(spec) and not Path(spec).is_dir():
+            return self.path(spec)
+        return Path(spec)
+
     def _state(self) -> dict:
         try:
             state = json.loads((self.root / STATE).read_text())

@@ -6,14 +6,22 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from appliance.bundle import seal
+from appliance.control import ControlServer
+from appliance.daemon import Appliance
+from appliance.engine import Engine
+from appliance.persona import Persona
 from appliance.persona_store import PersonaStore
+from appliance.switcher import Switcher
+from firmware_bridge.simulator import SimulatedTypewriter
 from tests.appliance.test_validate import header_only
-from tests.conftest import typewriter, wait_for
+from tests.conftest import SCRIPT_REPLY, typewriter, wait_for
 
 SSHD = "/usr/sbin/sshd"
 pytestmark = pytest.mark.skipif(not Path(SSHD).exists() or not shutil.which("ssh"),
@@ -177,3 +185,42 @@ def test_path_traversal_in_an_upload_is_refused(sshd):
                           capture_output=True, text=True, timeout=30)
     assert "error: '../../evil' is not a plain file name" in done.stdout
     assert not (sshd.folder / "evil").exists() and not (sshd.store.parent / "evil").exists()
+
+
+def test_push_and_activate_while_someone_types(sshd, tmp_path, tiny_model, script_model):
+    """The old persona serves while the new one is validated and loaded: no key is lost,
+    and the next reply comes from the new persona."""
+    store = PersonaStore(sshd.store)
+    with store.staging() as staged:
+        store.install(persona_bundle(staged / "b", tiny_model), "old")
+    store.set_active("old")
+
+    def load(persona):
+        return Engine(persona.model_path, n_ctx=512, n_threads=2).start()
+
+    persona = Persona.load(store.path("old"))
+    sim = SimulatedTypewriter(width=65, cps=400, cr_seconds=0.01)
+    app = Appliance(persona, load(persona), sim.start(),
+                    switcher=Switcher(store, load, n_ctx=512)).start()
+    control = ControlServer(sshd.control, app.control).start()
+    message = " ".join(f"word{i}" for i in range(40))  # 229 keys at 25 a second: ~9 s
+    try:
+        with app.running():
+            assert wait_for(lambda: app.link.up, 10)
+            typist = threading.Thread(target=sim.type_text, args=(message, 25))
+            typist.start()
+            time.sleep(1.0)
+            done = sshd.push(persona_bundle(tmp_path / "juliet-v2", script_model), "--activate")
+            switched_while_typing = typist.is_alive()
+            typist.join()
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert "juliet-v2: active now" in done.stdout
+            assert switched_while_typing
+            assert store.active == "juliet-v2" and store.previous == "old"
+            sim.type_text("\n\n")
+            assert wait_for(lambda: app.replies == 1 and app.idle, 30)
+            assert app.conversation.history == [("user", message), ("character", SCRIPT_REPLY)]
+    finally:
+        control.close()
+        sim.stop()
+        app.engine.close()

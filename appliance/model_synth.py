@@ -122,17 +122,23 @@ def _trained(size: int) -> Tokenizer:
 
 
 def vocabulary(size: int) -> Tuple[List[str], List[int], List[str]]:
-    """Tokens, token types and merges (as "a b") of the learned vocabulary, exactly size long.
+    """Tokens, token types and merges (as "a b") of the learned vocabulary, exactly size long."""
+    return vocabulary_of(_trained(size), size)
 
-    The corpus yields about 21,000 tokens; larger vocabularies are padded with
-    reserved tokens of type UNUSED (not CONTROL: llama.cpp scans every control
-    token when it tokenizes with specials).
+
+def vocabulary_of(tok: Tokenizer, size: int) -> Tuple[List[str], List[int], List[str]]:
+    """Tokens, token types and merges of a byte-level BPE tokenizer, padded to size.
+
+    Its special (added) tokens are CONTROL. A smaller vocabulary than the model's
+    (a corpus yields fewer merges than asked for) is padded with reserved tokens
+    of type UNUSED (not CONTROL: llama.cpp scans every control token when it
+    tokenizes with specials).
     """
     from gguf import TokenType
 
-    tok = _trained(size)
+    special = {t.content for t in tok.get_added_tokens_decoder().values()}
     tokens = [t for t, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1])]
-    types = [int(TokenType.CONTROL if t in (BOS, EOS) else TokenType.NORMAL) for t in tokens]
+    types = [int(TokenType.CONTROL if t in special else TokenType.NORMAL) for t in tokens]
     padding = size - len(tokens)
     tokens += [f"<|reserved_{i}|>" for i in range(padding)]
     types += [int(TokenType.UNUSED)] * padding
@@ -272,10 +278,20 @@ def _tensors(shape: Shape, rng: np.random.Generator, chain: Optional[List[int]])
 
 
 def _write_f16(shape: Shape, path: Path, seed: int, chain: Optional[List[int]]) -> None:
-    """A float16 GGUF (norms float32), one tensor in memory at a time."""
+    tokens, types, merges = vocabulary(shape.vocab)
+    write_llama(path, shape, (tokens, types, merges), tokens.index(BOS), tokens.index(EOS),
+                _tensors(shape, np.random.default_rng(seed), chain))
+
+
+def write_llama(path: Path, shape: Shape, vocab: Tuple[List[str], List[int], List[str]],
+                bos: int, eos: int, tensors: List[Tensor], eps: float = RMS_EPS) -> None:
+    """A float16 LLaMA GGUF (norms float32) with a byte-level BPE vocabulary.
+
+    Tensors are made one at a time as they are written, so memory holds one.
+    """
     import gguf
 
-    tokens, types, merges = vocabulary(shape.vocab)
+    tokens, types, merges = vocab
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_context_length(shape.context)
     w.add_embedding_length(shape.embd)
@@ -285,7 +301,7 @@ def _write_f16(shape: Shape, path: Path, seed: int, chain: Optional[List[int]]) 
     w.add_head_count_kv(shape.kv_heads)
     w.add_rope_dimension_count(shape.head_dim)
     w.add_rope_freq_base(shape.rope_theta)
-    w.add_layer_norm_rms_eps(RMS_EPS)
+    w.add_layer_norm_rms_eps(eps)
     w.add_vocab_size(shape.vocab)
     w.add_file_type(int(gguf.LlamaFileType.MOSTLY_F16))
     w.add_tokenizer_model("gpt2")
@@ -293,11 +309,10 @@ def _write_f16(shape: Shape, path: Path, seed: int, chain: Optional[List[int]]) 
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
-    w.add_bos_token_id(tokens.index(BOS))
-    w.add_eos_token_id(tokens.index(EOS))
+    w.add_bos_token_id(bos)
+    w.add_eos_token_id(eos)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
-    tensors = _tensors(shape, np.random.default_rng(seed), chain)
     for name, dims, _ in tensors:
         dtype = np.dtype(np.float32 if len(dims) == 1 else np.float16)
         w.add_tensor_info(name, dims, dtype, int(np.prod(dims)) * dtype.itemsize)

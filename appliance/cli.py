@@ -351,9 +351,19 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
                    help="KV cache type: q8_0 halves its memory, f16 decodes a little faster")
 
 
+def installed_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("typewriter-appliance")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="typewriter", description="An offline AI typewriter.")
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    p.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="answer a typewriter on a serial port")
@@ -444,6 +454,9 @@ def parser() -> argparse.ArgumentParser:
     from appliance import persona_cli
 
     persona_cli.register(sub)
+    from image import cli as image_cli
+
+    image_cli.register(sub)
     return p
 
 

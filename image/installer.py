@@ -1,0 +1,67 @@
+"""The first-boot installer placed in the image: a oneshot unit and its script.
+
+The application and its wheels travel in the image; on first boot the script
+makes /opt/typewriter/venv and installs into it with `pip --no-index` from the
+wheels alone (pip itself runs from its wheel, so the base image needs neither
+pip nor python3-venv), hands the state folder to the appliance's user and
+authorizes the persona upload key. `typewriter.service` is enabled in the image
+and ordered after this unit, so it starts on the same first boot.
+"""
+
+from __future__ import annotations
+
+UNIT = "typewriter-firstboot.service"
+UNIT_PATH = f"/etc/systemd/system/{UNIT}"
+UNIT_LINK = f"/etc/systemd/system/multi-user.target.wants/{UNIT}"
+SCRIPT_PATH = "/usr/local/sbin/typewriter-firstboot"
+WHEELS = "/opt/typewriter/wheels"
+VENV = "/opt/typewriter/venv"
+PERSONA_KEY = "/etc/typewriter/persona-upload.pub"
+
+UNIT_TEXT = f"""\
+# Installs the typewriter appliance from the wheels in the image, offline, once.
+[Unit]
+Description=Install the typewriter appliance (first boot, offline)
+After=local-fs.target systemd-sysusers.service systemd-tmpfiles-setup.service
+Before=typewriter.service
+ConditionPathExists=!{VENV}/bin/typewriter
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={SCRIPT_PATH}
+TimeoutStartSec=30min
+StandardOutput=journal+console
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+SCRIPT_TEXT = f"""\
+#!/bin/sh
+# First boot: install the appliance into {VENV} from {WHEELS}, without a network.
+# ROOT (default /) lets a test run this against a tree that is not the running system.
+set -eu
+ROOT="${{ROOT:-}}"
+WHEELS="$ROOT{WHEELS}"
+VENV="{VENV}"
+PY="${{PYTHON:-python3}}"
+
+pip_wheel=$(ls "$WHEELS"/pip-*.whl | sort -V | tail -n 1)
+# An interrupted install left a half venv: start again (scripts record its path, so it
+# is built where it stays).
+rm -rf "$ROOT$VENV"
+"$PY" -m venv --without-pip "$ROOT$VENV"
+"$ROOT$VENV/bin/python" "$pip_wheel/pip" install --no-index --no-cache-dir \\
+    --disable-pip-version-check --find-links "$WHEELS" pip typewriter-appliance
+
+if [ -z "$ROOT" ] && getent passwd typewriter >/dev/null 2>&1; then
+    chown -R typewriter:typewriter "$ROOT/var/lib/typewriter"
+    if [ -s "$ROOT{PERSONA_KEY}" ]; then
+        runuser -u typewriter -- env PATH="$VENV/bin:$PATH" typewriter persona authorize-key \\
+            "$ROOT{PERSONA_KEY}" --authorized-keys /var/lib/typewriter/.ssh/authorized_keys \\
+            --config /etc/typewriter/config.toml
+    fi
+fi
+echo "typewriter: installed $("$ROOT$VENV/bin/typewriter" --version)"
+"""

@@ -162,8 +162,17 @@ class Device:
         return True
 
     def feed(self, data: bytes) -> "List[tuple]":
-        """Bytes from the host. Returns the session's events (hello, ack, ...)."""
-        return self.session.feed(data)
+        """Bytes from the host. Returns the session's events (hello, ack, ...).
+
+        A host that says HELLO (it just opened the port, perhaps after a
+        restart) gets a STATUS before any key, so it knows what is on paper
+        before it acts on what was typed while it was away.
+        """
+        events = self.session.feed(data)
+        for event in events:
+            if event[0] == "hello":
+                self._status = None
+        return events
 
     def output(self) -> bytes:
         """Bytes for the host: keys in batches, STATUS when something changed."""
@@ -174,8 +183,6 @@ class Device:
             # could look like a duplicate. HELLO repeats in case it was lost.
             if now - self._hello_at >= HELLO_EVERY:
                 self.boot()
-        elif len(self.keys) and not self.session.pending:
-            self.session.send(m.KEY, self.keys.take(MAX_BODY))
         status = (self.flags(), self.column, self.credits(), self.printed_count)
         due = now - self._status_at >= STATUS_EVERY
         changed = status != self._status and (
@@ -186,4 +193,6 @@ class Device:
             self._status = status
             self._status_at = now
             self.session.send_unreliable(m.STATUS, m.pack_status(*status))
+        if self.session.peer_boot_id is not None and len(self.keys) and not self.session.pending:
+            self.session.send(m.KEY, self.keys.take(MAX_BODY))
         return self.session.output()

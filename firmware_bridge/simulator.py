@@ -82,7 +82,6 @@ class SimulatedTypewriter:
                  on_strike: Optional[Callable[[str], None]] = None, record: bool = False,
                  model: str = "brother_ax", debounce: Tuple[float, float] = (0.002, 0.001)):
         self.paper = Paper(width)
-        self.cps = cps
         self.cr_seconds = cr_seconds
         self.on_strike = on_strike or (lambda ch: None)
         self.bells = 0
@@ -106,6 +105,15 @@ class SimulatedTypewriter:
         self._thread: Optional[threading.Thread] = None
         self.master = self.slave = self._wake_r = self._wake_w = -1
         self.path = ""
+
+    @property
+    def cps(self) -> float:
+        """Print speed; may be changed while the typewriter runs."""
+        return 1.0 / self.firmware.timing.char
+
+    @cps.setter
+    def cps(self, cps: float) -> None:
+        self.firmware.timing.char = 1.0 / cps
 
     def start(self) -> str:
         """Open the pty and start the typewriter; returns the device path for the host."""

@@ -452,8 +452,9 @@ def parser() -> argparse.ArgumentParser:
     speed.set_defaults(func=cmd_model_bench)
 
     from appliance import persona_cli
+    from appliance.persona_build.cli import register_persona
 
-    persona_cli.register(sub)
+    register_persona(persona_cli.register(sub))
     from image import cli as image_cli
 
     image_cli.register(sub)

@@ -46,10 +46,11 @@ def inspect(root: RootFS, image: Path) -> Target:
                          "(64-bit) from raspberrypi.com/software")
     fields = os_release(text)
     codename = fields.get("VERSION_CODENAME", "")
-    pretty = fields.get("PRETTY_NAME", codename or "unknown")
+    pretty = fields.get("PRETTY_NAME", codename or "an unnamed release")
     if codename not in RELEASES:
         known = ", ".join(RELEASES)
-        raise ImageError(f"{image}: {pretty} ({codename or 'no codename'}) is a release this "
+        named = pretty if codename and codename in pretty else f"{pretty} ({codename or '?'})"
+        raise ImageError(f"{image}: {named} is a release this "
                          f"builder does not know how to configure (known: {known}): use a "
                          "Raspberry Pi OS Lite image based on one of them")
     if not root.exists("/usr/lib/aarch64-linux-gnu"):

@@ -86,9 +86,17 @@ def resolve(folder: Path, python: str, arch: str) -> List[Wheel]:
     if not found:
         raise ImageError(f"{folder}: no wheels there: build them with `typewriter image "
                          f"wheelhouse --arch {arch} --python {python} --out {folder}`")
-    env = _environment(python, arch)
     fix = (f"rebuild it with `typewriter image wheelhouse --arch {arch} --python {python} "
            f"--out {folder}`")
+    binary = [(path, tags) for wheels in found.values() for path, _, tags in wheels
+              if any(t.platform != "any" for t in tags)]
+    if binary and not any(tags & wanted for _, tags in binary):
+        built_for = sorted({t.platform for _, tags in binary for t in tags} |
+                           {t.interpreter for _, tags in binary for t in tags})
+        raise ImageError(f"{folder}: the wheelhouse is for the wrong machine: its compiled "
+                         f"wheels are for {', '.join(built_for)}, the image needs Python "
+                         f"{python} on {arch}: {fix}")
+    env = _environment(python, arch)
     chosen: Dict[str, Wheel] = {}
     todo = [(Requirement(APP), "the image"), (Requirement(PIP), "the first-boot installer")]
     while todo:
@@ -184,8 +192,9 @@ def build(out: Path, arch: str, python: str, engine_wheel: Optional[Path] = None
                                  "g++-aarch64-linux-gnu cmake")
         log(f"cross-compiling {engine} for {arch} (minutes)")
         with tempfile.TemporaryDirectory() as scratch:
-            _pip("wheel", "--no-deps", "--no-binary", ENGINE, "-w", scratch, engine,
-                 env=cross_environment(arch), what=f"cross-compiling {engine}")
+            # No cache: pip's wheel cache is keyed by the source, not the target machine.
+            _pip("wheel", "--no-deps", "--no-cache-dir", "--no-binary", ENGINE, "-w", scratch,
+                 engine, env=cross_environment(arch), what=f"cross-compiling {engine}")
             for built in Path(scratch).glob("*.whl"):
                 shutil.move(str(built), out / built.name)
     log("fetching the other wheels for the Pi's platform")

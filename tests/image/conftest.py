@@ -124,3 +124,78 @@ def ssh_key(tmp_path_factory) -> Path:
 
 def partition_table(image: Path) -> list:
     return json.loads(run("sfdisk", "--json", str(image)))["partitiontable"]["partitions"]
+
+
+def repack(name: str, out: Path) -> Path:
+    """A wheel of an installed distribution, rebuilt from its RECORD (an offline wheelhouse
+    for this machine without compiling llama-cpp-python again)."""
+    import base64
+    import hashlib
+    import zipfile
+    from importlib import metadata
+
+    dist = metadata.distribution(name)
+    site = Path(dist.locate_file(""))
+    info = next(str(f).split("/")[0] for f in dist.files if str(f).endswith("dist-info/WHEEL"))
+    tags = [line.split(":", 1)[1].strip().split("-") for line in
+            (site / info / "WHEEL").read_text().splitlines() if line.startswith("Tag:")]
+    tag = "-".join(".".join(sorted({t[i] for t in tags})) for i in range(3))
+    stem = info[: -len(".dist-info")]
+    target = out / f"{stem}-{tag}.whl"
+    skip = {"INSTALLER", "REQUESTED", "direct_url.json", "RECORD"}
+    record = []
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as z:
+        for entry in dist.files:
+            path = str(entry)
+            if (path.startswith("..") or path.endswith(".pyc") or
+                    (path.startswith(info + "/") and path.split("/")[-1] in skip)):
+                continue
+            data = (site / path).read_bytes()
+            z.writestr(path, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            record.append(f"{path},sha256={digest.decode()},{len(data)}")
+        record.append(f"{info}/RECORD,,")
+        z.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
+    return target
+
+
+def installed_closure(root: str) -> list:
+    """`root` and every distribution it needs here, from the installed metadata."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen, todo = [], [root]
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in seen:
+            continue
+        seen.append(name)
+        for line in metadata.requires(name) or []:
+            req = Requirement(line)
+            if not req.marker or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return seen
+
+
+def app_wheel(out: Path) -> Path:
+    """The project's own wheel, built from this checkout."""
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(out), str(root)], check=True, capture_output=True)
+    return next(out.glob("typewriter_appliance-*.whl"))
+
+
+@pytest.fixture(scope="session")
+def host_wheelhouse(tmp_path_factory) -> Path:
+    """Every wheel the appliance needs on this machine: its own, and the installed ones."""
+    out = tmp_path_factory.mktemp("wheels-host")
+    app_wheel(out)
+    for name in installed_closure("llama-cpp-python") + installed_closure("pyserial") + \
+            installed_closure("gguf") + ["pip"]:
+        if not list(out.glob(f"{name.replace('-', '_')}-*.whl")):
+            repack(name, out)
+    return out

@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from appliance.persona import SPEECH_PITCH, SPEECH_RATE
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -32,6 +34,15 @@ threads = 4                   # llama.cpp threads (default: physical cores)
 context = 2048                # context size in tokens
 kv = "q8_0"                   # KV cache: "q8_0" (half the memory) or "f16"
 mmap = "auto"                 # map the model file: "auto", "on", "off"
+output = "print"              # "print", "speech" (no print mechanism) or "both"
+# voice = "en-gb"             # espeak-ng voice (`espeak-ng --voices`); a persona's
+# speech_rate = 175           # [speech] table wins; rate in words per minute,
+# speech_pitch = 50           # pitch 0..100
+# piper_model = "/var/lib/typewriter/voices/en_GB-alan-medium.onnx"  # with piper-tts
+# panel_thinking = 18         # the panel's GPIO (BCM) pins; leave out what is not fitted
+# panel_ready = 23
+# panel_button = 24           # press: new conversation; hold: next persona
+# panel_buzzer = 25           # beeps when the typewriter stops answering
 """
 
 
@@ -51,6 +62,15 @@ class Config:
     context: int = 2048
     kv: str = "q8_0"
     mmap: str = "auto"
+    output: str = "print"
+    voice: Optional[str] = None
+    speech_rate: Optional[int] = None
+    speech_pitch: Optional[int] = None
+    piper_model: Optional[str] = None
+    panel_thinking: Optional[int] = None
+    panel_ready: Optional[int] = None
+    panel_button: Optional[int] = None
+    panel_buzzer: Optional[int] = None
 
 
 # name: (type, allowed values or (low, high) range or None)
@@ -65,6 +85,12 @@ _RULES: Dict[str, Tuple[type, Any]] = {
     "context": (int, (256, 131072)),
     "kv": (str, ("q8_0", "f16")),
     "mmap": (str, ("auto", "on", "off")),
+    "output": (str, ("print", "speech", "both")),
+    "voice": (str, None),
+    "speech_rate": (int, SPEECH_RATE),
+    "speech_pitch": (int, SPEECH_PITCH),
+    "piper_model": (str, None),
+    **{f"panel_{part}": (int, (0, 27)) for part in ("thinking", "ready", "button", "buzzer")},
 }
 
 

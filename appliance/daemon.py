@@ -19,9 +19,11 @@ from appliance.conversation import Conversation
 from appliance.engine import Engine, EngineError, Reply
 from appliance.journal import Journal
 from appliance.line_editor import LineEditor
+from appliance.panel import NoPanel
 from appliance.persona import Persona, make_frame
 from appliance.printer import Typesetter
 from appliance.service import Notifier
+from appliance.speech import Speaker
 from appliance.switcher import Plan, Switcher, SwitchError
 from firmware_bridge.link import Link
 
@@ -39,8 +41,11 @@ class Appliance:
     def __init__(self, persona: Persona, engine: Engine, port: str, width: int = 65,
                  prefill: bool = True, journal: Optional[Journal] = None,
                  notifier: Optional[Notifier] = None, double_return: bool = True,
-                 switcher: Optional[Switcher] = None):
+                 switcher: Optional[Switcher] = None, speaker: Optional[Speaker] = None,
+                 panel: Optional[NoPanel] = None, printing: bool = True):
         self.prefill = prefill
+        self.speaker = speaker
+        self.printing = printing  # False: no print mechanism, the replies are only spoken
         self._adopt(persona, engine)
         self.switcher = switcher
         self._pending_switch: Optional[tuple] = None  # (plan, answer) until the reply ends
@@ -58,6 +63,10 @@ class Appliance:
         self.print_seen = -1  # the extent last written to the journal
         self.link = Link(port, on_keys=self._keys_arrived,
                          on_change=lambda what: self.events.put(("link", what)))
+        self.panel = panel or NoPanel()
+        self.panel.on_key = lambda code: self.events.put(("keys", bytes([code]), 0))
+        if speaker is not None and printing:  # the voice keeps pace with the paper
+            speaker.paper = lambda: (self.link.printed - self.print_start) % 2**32
         self.reply: Optional[Reply] = None
         self.reply_text = ""
         self._unposted = ""  # reply text the worker has not posted yet
@@ -81,6 +90,8 @@ class Appliance:
             )
         self.persona, self.engine, self.frame = persona, engine, frame
         self.conversation = conversation
+        if self.speaker is not None:
+            self.speaker.use(persona.speech)
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -155,6 +166,7 @@ class Appliance:
                 pass
             self._watchdog()
             self._track_printing()
+            self.panel.show(thinking=self.engine.busy_since is not None, busy=not self.idle)
 
     def _track_printing(self) -> None:
         """Record in the journal how much of the last reply the typewriter has struck."""
@@ -228,8 +240,9 @@ class Appliance:
 
     @property
     def idle(self) -> bool:
-        """No reply being generated and nothing left to send to the typewriter."""
-        return self.reply is None and not self.waiting and self.link.unprinted == 0
+        """No reply being generated and nothing left to send to the typewriter or to say."""
+        return (self.reply is None and not self.waiting and self.link.unprinted == 0
+                and (self.speaker is None or self.speaker.idle))
 
     # -- events -------------------------------------------------------------------------
 
@@ -249,6 +262,7 @@ class Appliance:
         elif kind == "link":
             log.info("link %s", event[1], extra={"PERSONA": self.persona.name,
                                                  "LINK": event[1]})
+            self.panel.link(event[1])
             self.notifier.status(self.describe())
 
     def _key(self, code: int, batch: int = 0) -> None:
@@ -271,6 +285,8 @@ class Appliance:
         elif ev.kind == "next_persona" and self.switcher is not None:
             threading.Thread(target=self._switch_request, args=("next", True), daemon=True,
                              name="switch").start()
+        elif ev.kind == "toggle_speech" and self.speaker is not None:
+            self.speaker.toggle()
         elif ev.kind in ("next_persona", "toggle_speech"):
             log.info("%s is not available on this appliance yet", ev.kind.replace("_", " "))
 
@@ -279,6 +295,8 @@ class Appliance:
         if self.reply is not None:
             self.reply.cancel()
             self.reply = None
+        if self.speaker is not None:
+            self.speaker.stop()
         self.link.cancel()
         self.waiting.clear()
         self.conversation.reset()
@@ -299,11 +317,11 @@ class Appliance:
         self.reply_message = message
         if self.journal is not None:
             self.reply_turn = self.journal.reply_started()
-            # Exact when the typewriter is idle at submit, which it is unless it is still
-            # printing something earlier.
-            self.print_start, self.print_sent, self.print_seen = self.link.printed, 0, -1
+        # Exact when the typewriter is idle at submit, which it is unless it is still
+        # printing something earlier.
+        self.print_start, self.print_sent, self.print_seen = self.link.printed, 0, -1
         self.reply_text = ""
-        if not self.at_line_start:
+        if not self.at_line_start and self.printing:
             self.link.print_text("\n")
         self.typesetter.start(0)
 
@@ -332,7 +350,9 @@ class Appliance:
         if not self.reply_text:
             piece = piece.lstrip()
         self.reply_text += piece
-        out = self.typesetter.feed(piece)
+        if self.speaker is not None:
+            self.speaker.feed(piece, self.print_sent)
+        out = self.typesetter.feed(piece) if self.printing else ""
         if out:
             self.link.print_text(out)
             self.print_sent += len(out)
@@ -342,7 +362,10 @@ class Appliance:
     def _finish_reply(self, reply: Reply) -> None:
         text = self.reply_text.strip()
         tail = self.typesetter.finish()
-        self.link.print_text(tail + "\n\n")
+        if self.printing:
+            self.link.print_text(tail + "\n\n")
+        if self.speaker is not None:
+            self.speaker.finish()
         self.print_sent += len(tail)
         self.at_line_start = True
         self.conversation.add(self.reply_message, text, reply)
@@ -374,6 +397,9 @@ class Appliance:
             self.engine.prefill(self.conversation.typing_tokens(typed))
 
     def _typeset_line(self, text: str) -> None:
+        if not self.printing and self.speaker is not None:
+            self.speaker.say(text)
+            return
         self.typesetter.start(0)
         prefix = "" if self.at_line_start else "\n"
         body = self.typesetter.feed(text) + self.typesetter.finish()

@@ -53,6 +53,15 @@ class Generation(Sampling):
 
 
 @dataclass(frozen=True)
+class Speech:
+    """How the persona sounds when the appliance speaks; None leaves the config's choice."""
+
+    voice: Optional[str] = None
+    rate: Optional[int] = None  # words per minute
+    pitch: Optional[int] = None  # 0..100, 50 is the voice's own
+
+
+@dataclass(frozen=True)
 class Persona:
     name: str
     folder: Path
@@ -61,6 +70,7 @@ class Persona:
     synthetic: Optional[str] = None
     frame: FrameConfig = field(default_factory=FrameConfig)
     generation: Generation = field(default_factory=Generation)
+    speech: Speech = field(default_factory=Speech)
 
     @property
     def model_missing(self) -> bool:
@@ -74,7 +84,7 @@ class Persona:
 # -- loading and validation --------------------------------------------------------------
 
 _TOP = {"name": str, "description": str, "model": str, "synthetic": str, "frame": dict,
-        "generation": dict}
+        "generation": dict, "speech": dict}
 _FRAME = {"kind": str, "user_label": str, "character_label": str, "preamble": str,
           "system": str, "examples": list}
 _GENERATION: Dict[str, Tuple[type, float, float]] = {
@@ -85,6 +95,8 @@ _GENERATION: Dict[str, Tuple[type, float, float]] = {
     "repeat_penalty": (float, 0.5, 3.0),
     "seed": (int, -1, 2**32 - 1),
 }
+SPEECH_RATE = (80, 450)  # espeak-ng's words per minute
+SPEECH_PITCH = (0, 100)
 
 
 class _Checker:
@@ -135,6 +147,7 @@ def _load(folder: Path) -> Persona:
     model = check.text(data, "model", "")
     frame = _frame(check, data.get("frame", {}))
     generation = _generation(check, data.get("generation", {}))
+    speech = _speech(check, data.get("speech", {}))
     model_path = Path(model) if Path(model).is_absolute() else folder / model
     synthetic = data.get("synthetic")
     if synthetic is not None:
@@ -145,7 +158,7 @@ def _load(folder: Path) -> Persona:
                              f"{', '.join(SHAPES)}")
     persona = Persona(name=name, folder=folder, model_path=model_path,
                       description=data.get("description", ""), synthetic=synthetic,
-                      frame=frame, generation=generation)
+                      frame=frame, generation=generation, speech=speech)
     if synthetic is None or not persona.model_missing:
         _check_model(check, model_path)
     return persona
@@ -210,6 +223,19 @@ def _generation(check: _Checker, data: Dict[str, Any]) -> Generation:
                              f"to {high:g}, not {value!r}")
         values[key] = want(value)
     return Generation(**values)
+
+
+def _speech(check: _Checker, data: Dict[str, Any]) -> Speech:
+    """The optional [speech] table; whether the voice exists is the speaker's to find out."""
+    check.table(data, {"voice": str, "rate": int, "pitch": int}, "speech.")
+    for key, (low, high) in (("rate", SPEECH_RATE), ("pitch", SPEECH_PITCH)):
+        if key in data and not low <= data[key] <= high:
+            raise check.fail(f"speech.{key}", f"must be a whole number from {low} to {high}, "
+                             f"not {data[key]!r}")
+    voice = data.get("voice")
+    if voice is not None and (not voice.strip() or len(voice.split()) != 1):
+        raise check.fail("speech.voice", f"{voice!r} must be one voice name, like 'en-gb'")
+    return Speech(voice=voice, rate=data.get("rate"), pitch=data.get("pitch"))
 
 
 # -- prompt frames -------------------------------------------------------------------------

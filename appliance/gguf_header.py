@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Dict, List, Tuple
 
-from gguf import GGML_QUANT_SIZES
-
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
 MAX_TENSORS = 65_536
@@ -160,6 +158,8 @@ def read_header(path: Path) -> Header:
 
 
 def _tensor(r: _Reader) -> Tensor:
+    from gguf import GGML_QUANT_SIZES  # 3 MB resident: only where a header is read
+
     name = r.string()
     n_dims = r.scalar("<I")
     if not 1 <= n_dims <= MAX_DIMS:

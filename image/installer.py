@@ -47,7 +47,12 @@ WHEELS="$ROOT{WHEELS}"
 VENV="{VENV}"
 PY="${{PYTHON:-python3}}"
 
-pip_wheel=$(ls "$WHEELS"/pip-*.whl | sort -V | tail -n 1)
+pip_wheel=
+for wheel in "$WHEELS"/pip-*.whl; do [ -f "$wheel" ] && pip_wheel="$wheel"; done
+if [ -z "$pip_wheel" ]; then
+    echo "typewriter-firstboot: no pip wheel in $WHEELS: rebuild the image with a wheelhouse" >&2
+    exit 1
+fi
 # An interrupted install left a half venv: start again (scripts record its path, so it
 # is built where it stays).
 rm -rf "$ROOT$VENV"

@@ -70,3 +70,74 @@ def test_installs_offline_into_a_fresh_tree_and_runs(tmp_path, bundle, ssh_key,
         "m = Llama(model_path=sys.argv[1], n_ctx=64, verbose=False); print(m.n_vocab())"),
         str(model)], capture_output=True, text=True, timeout=120)
     assert loaded.returncode == 0 and int(loaded.stdout) > 0, loaded.stderr
+
+
+ARM_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+
+
+def emulated(tree: Path) -> list:
+    """Run a command inside the arm64 tree: proot fakes root and the chroot, qemu the CPU."""
+    return ["proot", "-0", "-q", "qemu-aarch64-static", "-r", str(tree), "-w", "/"]
+
+
+@pytest.fixture(scope="session")
+def arm64_tree(tmp_path_factory) -> Path:
+    """A fresh arm64 Debian Bookworm (minbase + python3) as debootstrap's first stage
+    fetches and unpacks it: enough to run Python and install wheels (~40 s; its configure
+    stage under emulation would take ten minutes more and change nothing here)."""
+    for tool in ("debootstrap", "proot", "qemu-aarch64-static"):
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            pytest.skip(f"{tool} not installed: apt-get install debootstrap proot "
+                        "qemu-user-static")
+    tree = tmp_path_factory.mktemp("arm64") / "root"
+    mirror = os.environ.get("TYPEWRITER_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+    fake_root = [] if os.geteuid() == 0 else ["proot", "-0"]
+    done = subprocess.run([*fake_root, shutil.which("debootstrap") or "/usr/sbin/debootstrap",
+                           "--arch=arm64", "--foreign", "--variant=minbase",
+                           "--include=python3", "bookworm", str(tree), mirror],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    # The first stage unpacks only the essential packages; unpack the rest it fetched too.
+    for deb in sorted((tree / "var/cache/apt/archives").glob("*.deb")):
+        run("dpkg-deb", "-x", str(deb), str(tree))
+    assert (tree / "usr/bin/python3").exists()
+    return tree
+
+
+@pytest.fixture(scope="session")
+def aarch64_wheelhouse(tmp_path_factory) -> Path:
+    """`typewriter image wheelhouse --arch aarch64`: llama-cpp-python cross-compiled (minutes)
+    unless TYPEWRITER_AARCH64_ENGINE_WHEEL names one built before (a CI cache)."""
+    if not shutil.which("aarch64-linux-gnu-g++"):
+        pytest.skip("no cross compiler: apt-get install gcc-aarch64-linux-gnu "
+                    "g++-aarch64-linux-gnu")
+    out = tmp_path_factory.mktemp("wheels-aarch64")
+    cached = os.environ.get("TYPEWRITER_AARCH64_ENGINE_WHEEL")
+    done = typewriter("image", "wheelhouse", "--arch", "aarch64", "--python", "3.11",
+                      "--out", str(out), *(["--engine-wheel", cached] if cached else []),
+                      timeout=1800)
+    assert done.returncode == 0, done.stderr
+    assert any(p.name.endswith("-linux_aarch64.whl") for p in out.glob("llama_cpp_python-*"))
+    return out
+
+
+def test_arm64_tree_installs_the_cross_built_wheels_offline_and_loads_a_model(
+        tmp_path, bundle, ssh_key, arm64_tree, aarch64_wheelhouse):
+    tree = arm64_tree
+    image_tree(tmp_path, bundle, ssh_key, tree, "--wheelhouse", str(aarch64_wheelhouse))
+    wheels = sorted(p.name for p in (tree / installer.WHEELS.lstrip("/")).iterdir())
+    assert "llama_cpp_python-0.3.36-py3-none-linux_aarch64.whl" in wheels
+    done = subprocess.run([*offline(), *emulated(tree), installer.SCRIPT_PATH],
+                          capture_output=True, text=True, env=ARM_ENV, timeout=1200)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    version = subprocess.run([*emulated(tree), f"{installer.VENV}/bin/typewriter", "--version"],
+                             capture_output=True, text=True, env=ARM_ENV, timeout=300)
+    assert version.returncode == 0 and version.stdout.startswith("typewriter 0."), version.stderr
+    loaded = subprocess.run([*emulated(tree), f"{installer.VENV}/bin/python", "-c", (
+        "import platform; from llama_cpp import Llama; "
+        "m = Llama(model_path='/var/lib/typewriter/personas/juliet/model.gguf', n_ctx=64, "
+        "n_threads=1, verbose=False); print(platform.machine(), m.n_vocab())")],
+        capture_output=True, text=True, env=ARM_ENV, timeout=600)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    machine, vocab = loaded.stdout.split()
+    assert machine == "aarch64" and int(vocab) > 0

@@ -112,33 +112,13 @@ REPLY_SCRIPT = ("Fair friend, the night is young and sweet; stay a little while 
 
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
+def _peak_rss_mb(pid: int) -> float:
+    """The kernel's high-water mark of a process's resident memory."""
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-class _PeakRss:
-    """Samples this process's resident memory while the appliance runs."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.peak = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, _rss_mb())
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
 
 
 def _percentile(values: List[float], q: float) -> float:
@@ -146,40 +126,85 @@ def _percentile(values: List[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def _conversation(engine: Engine, persona, prefill: bool, rate: float, cps: float,
+def _bench_persona(folder: Path, model: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "persona.toml").write_text(f"""\
+name = "Juliet"
+model = {json.dumps(str(model))}
+[frame]
+user_label = "ROMEO"
+character_label = "JULIET"
+preamble = "Juliet speaks with a visitor at her window in Verona."
+[[frame.examples]]
+user = "Who is there?"
+character = "A friend of the night."
+[generation]
+max_tokens = 40
+temperature = 0.0
+""")
+    return folder
+
+
+def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: float,
                   messages: List[str]) -> Dict[str, list]:
-    """Type the messages into a fresh appliance; time what comes back."""
+    """Type the messages into a real `typewriter run` process; time what comes back.
+
+    The appliance runs as it does on the Pi, in its own process, so its memory
+    is its own and the simulated typewriter (the bench's process, standing in
+    for the microcontroller) does not share its interpreter.
+    """
+    import subprocess
+    import sys
+    import tempfile
 
     from appliance.cli import wait_for
-    from appliance.daemon import Appliance
+    from appliance.control import request
     from firmware_bridge import messages as m
     from firmware_bridge.simulator import SimulatedTypewriter
 
     sim = SimulatedTypewriter(cps=cps, cr_seconds=0.5, record=True)
-    app = Appliance(persona, engine, sim.start(), prefill=prefill).start()
-    replies: list = []
-    app.on_reply = lambda text, reply: replies.append(reply)
-    ttft, idle, evaluated = [], [], []
-    with app.running():
-        if not wait_for(lambda: app.link.up, 10):
-            raise RuntimeError("the simulated typewriter did not answer")
-        if not prefill:
-            engine.forget()  # nothing left in the cache from the run before
-        engine.settle()
-        for i, message in enumerate(messages):
-            sim.type_text(message + "\n", cps=rate)
-            submitted = time.monotonic()
-            sim.press(m.KEY_RETURN)
-            if not wait_for(lambda n=i: len(replies) > n and app.idle, 300):
-                raise RuntimeError("no reply within 300 s")
-            sim.wait_printed(300)
-            first = next(t for t, _ in sim.received if t >= submitted)
-            ttft.append(first - submitted)
-            idle.append(_printer_idle(sim, submitted, cps, 0.5))
-            evaluated.append(replies[-1].evaluated)
-    sim.stop()
-    decode = [(r.tokens - 1) / (r.done_at - r.first_token_at) for r in replies if r.tokens > 1]
-    return {"ttft": ttft, "idle": idle, "decode": decode, "evaluated": evaluated}
+    port = sim.start()
+    ttft, idle, evaluated, decode = [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "config.toml").write_text("")  # this machine's own config stays out of it
+        sock = folder / "control.sock"
+        command = [sys.executable, "-m", "appliance.cli", "run", "--port", port,
+                   "--persona", str(_bench_persona(folder / "persona", model)),
+                   "--config", str(folder / "config.toml"), "--ctx", "1024",
+                   "--threads", str(threads), "--state-dir", str(folder / "state"),
+                   "--control", str(sock), "--personas", str(folder / "personas")]
+        app = subprocess.Popen(command + ([] if prefill else ["--no-prefill"]),
+                               stderr=subprocess.PIPE, text=True)
+
+        def status() -> dict:
+            return request(sock, {"command": "status"})
+
+        try:
+            if not wait_for(lambda: sock.exists() and status()["link"] == "up", 120):
+                raise RuntimeError(f"the appliance did not start: {app.stderr.read()[-500:]}")
+            time.sleep(1.0)  # the persona's frame is evaluated at start
+            for i, message in enumerate(messages):
+                sim.type_text(message + "\n", cps=rate)
+                submitted = time.monotonic()
+                sim.press(m.KEY_RETURN)
+                if not wait_for(lambda n=i: status()["exchanges"] > n, 300):
+                    raise RuntimeError("no reply within 300 s")
+                sim.wait_printed(300)
+                stats = status()["last_reply_stats"]
+                first = next(t for t, _ in sim.received if t >= submitted)
+                ttft.append(first - submitted)
+                idle.append(_printer_idle(sim, submitted, cps, 0.5))
+                evaluated.append(stats["evaluated_at_submit"])
+                if stats["decode_tps"]:
+                    decode.append(stats["decode_tps"])
+            peak = _peak_rss_mb(app.pid)
+        finally:
+            app.terminate()
+            app.wait(30)
+            sim.stop()
+    return {"ttft": ttft, "idle": idle, "decode": decode, "evaluated": evaluated,
+            "peak_rss_mb": peak}
 
 
 def _printer_idle(sim, since: float, cps: float, cr_seconds: float) -> float:
@@ -218,33 +243,31 @@ def _bare_decode(model: Path, threads: int, mmap: bool) -> float:
 def end_to_end(model: Path, shape: str, threads: int, rate: float = 5.0, cps: float = 12.0,
                exchanges: int = 5, out: Optional[Path] = None) -> Dict[str, object]:
     """Prefill against evaluate-on-submit, through the simulated typewriter."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
     from statistics import median
 
-    from appliance.persona import Example, FrameConfig, Generation, Persona
+    from appliance.engine import Engine, repacks_weights
 
-    persona = Persona(
-        name="Juliet", folder=model.parent, model_path=model,
-        frame=FrameConfig(user_label="ROMEO", character_label="JULIET",
-                          preamble="Juliet speaks with a visitor at her window in Verona.",
-                          examples=(Example("Who is there?", "A friend of the night."),)),
-        generation=Generation(max_tokens=40, temperature=0.0),
-    )
     messages = (MESSAGES * (exchanges // len(MESSAGES) + 1))[:exchanges]
-    baseline_mb = _rss_mb()
-    mmap = Engine(model).mmap
-    bare_before = _bare_decode(model, threads, mmap)
-    rss = _PeakRss()
-    engine = Engine(model, n_ctx=1024, n_threads=threads, seed=1).start()
-    message_tokens = [len(engine.tokenize(" " + msg)) for msg in messages]
+    mmap = not repacks_weights()
+
+    def bare() -> float:  # in a process of its own, like the appliance
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            return pool.submit(_bare_decode, model, threads, mmap).result()
+
+    bare_before = bare()
+    with_prefill = _conversation(model, threads, True, rate, cps, messages)
+    on_submit = _conversation(model, threads, False, rate, cps, messages)
+    # The bare loop runs before and after: the machine's own drift shows in both.
+    bare_tps = (bare_before + bare()) / 2
+    engine = Engine(model, n_ctx=256, n_threads=1).start()
     try:
-        with_prefill = _conversation(engine, persona, True, rate, cps, messages)
-        on_submit = _conversation(engine, persona, False, rate, cps, messages)
+        message_tokens = [len(engine.tokenize(" " + msg)) for msg in messages]
     finally:
         engine.close()
-        peak = rss.stop()
-    # The bare loop runs before and after: the machine's own drift shows in both.
-    bare = (bare_before + _bare_decode(model, threads, mmap)) / 2
     model_mb = model.stat().st_size / 2**20
+    peak = max(with_prefill["peak_rss_mb"], on_submit["peak_rss_mb"])
     result: Dict[str, object] = {
         "shape": shape,
         "threads": threads,
@@ -260,14 +283,14 @@ def end_to_end(model: Path, shape: str, threads: int, rate: float = 5.0, cps: fl
         "tokens_at_submit_prefill": with_prefill["evaluated"],
         "tokens_at_submit_no_prefill": on_submit["evaluated"],
         "decode_tps_appliance": round(median(with_prefill["decode"] + on_submit["decode"]), 1),
-        "decode_tps_bare": round(bare, 1),
+        "decode_tps_bare": round(bare_tps, 1),
         "rss_peak_mb": round(peak, 1),
-        "rss_before_model_mb": round(baseline_mb, 1),
         "model_file_mb": round(model_mb, 1),
         "rss_beyond_model_mb": round(peak - model_mb, 1),
         "mmap": mmap,
         "printer_idle_s": round(max(with_prefill["idle"]), 3),
     }
+    result["decode_ratio"] = round(result["decode_tps_appliance"] / result["decode_tps_bare"], 3)
     result["decode_step_s"] = round(1 / result["decode_tps_bare"], 4)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

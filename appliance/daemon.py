@@ -50,6 +50,7 @@ class Appliance:
         self.switcher = switcher
         self._pending_switch: Optional[tuple] = None  # (plan, answer) until the reply ends
         self.last_switch_error = ""
+        self.last_reply_stats: dict = {}
         self.editor = LineEditor(double_return=double_return)
         self.typesetter = Typesetter(width=width)
         self.events: queue.Queue[tuple] = queue.Queue()
@@ -209,6 +210,7 @@ class Appliance:
                     "busy": self.reply is not None, "exchanges": len(self.conversation.exchanges),
                     "last_reply": self.conversation.last_reply, "overflow": self.link.overflow,
                     "persona_error": self.last_switch_error,
+                    "last_reply_stats": self.last_reply_stats,
                     "status": self.describe()}
         if command in ("reset", "print"):
             answer: queue.Queue[dict] = queue.Queue()
@@ -373,6 +375,12 @@ class Appliance:
             self.journal.reply_text(self.reply_turn, text, done=True)
         log.info("reply: %d tokens (%s), prompt %d tokens of which %d evaluated at submit",
                  reply.tokens, reply.stop_reason, reply.prompt_tokens, reply.evaluated)
+        decoding = reply.done_at - reply.first_token_at
+        self.last_reply_stats = {
+            "tokens": reply.tokens, "stop": reply.stop_reason,
+            "prompt_tokens": reply.prompt_tokens, "evaluated_at_submit": reply.evaluated,
+            "decode_tps": round((reply.tokens - 1) / decoding, 2) if reply.tokens > 1 and
+            decoding > 0 else None}
         self.reply = None
         self.replies += 1
         self.on_reply(text, reply)

@@ -66,6 +66,9 @@ def build(req: Request, recipe=None, say: Callable[[str], None] = print) -> Resu
         raise BuildError(f"--out {out} already exists: pick another folder or pass --replace")
     if req.user_label.upper() == req.character.strip().upper():
         raise BuildError("--user-label must differ from the character's label")
+    if req.base is not None:
+        from appliance.persona_build.train import base_parts
+        base_parts(Path(req.base))
     script = read(req.dialogue, req.format)
     character = script.speaker(req.character)
     counts = script.counts()
@@ -77,6 +80,8 @@ def build(req: Request, recipe=None, say: Callable[[str], None] = print) -> Resu
     recipe = (recipe or Recipe(base=req.base)).bounded(req.max_steps)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(req.work) if req.work else out.parent / f".{out.name}.work"
+    for stale in out.parent.glob(f".{out.name}.partial-*"):  # from a build that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     umask = os.umask(0o022)
     os.umask(umask)

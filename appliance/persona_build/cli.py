@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -84,16 +85,23 @@ def cmd_build(args: argparse.Namespace) -> int:
                   replace=args.replace,
                   work=Path(args.work) if args.work else None,
                   command=["typewriter", *sys.argv[1:]])
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: resumable
     try:
         result = build(req, Recipe(base=base, **sizes), say=lambda s: print(s, file=sys.stderr))
     except BuildError as e:
         raise CliError(str(e)) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     s = result.summary
     print(f"wrote {result.out}: {s['name']}, {s['params'] / 1e6:.1f}M params, "
           f"{s['model_bytes'] / 1e6:.1f} MB {s['quant']}, trained {s['train_seconds']:.0f} s"
           + ("" if s["check"] is None else
              f"; gating probes {'passed' if s['check']['gating_passed'] else 'FAILED'}"))
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def cmd_check(args: argparse.Namespace) -> int:

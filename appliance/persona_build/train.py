@@ -32,16 +32,16 @@ class Recipe:
     """Everything that decides the trained model; saved with its checkpoints."""
 
     base: Optional[str] = None  # a HF LLaMA checkpoint folder, or None: from scratch
-    vocab: int = 4096
+    vocab: int = 2048
     embd: int = 256
     layers: int = 4
     heads: int = 4
     ff: int = 768
     context: int = 2048  # the GGUF's context length (RoPE: no learned positions)
-    window: int = 256  # tokens per training sequence
+    window: int = 128  # tokens per training sequence
     batch: int = 16
-    pretrain_steps: int = 300
-    finetune_steps: int = 120
+    pretrain_steps: int = 400
+    finetune_steps: int = 150
     pretrain_lr: float = 3e-3
     finetune_lr: float = 1e-3
     lora_rank: int = 16

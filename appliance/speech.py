@@ -1,13 +1,16 @@
 """The typewriter's voice: replies spoken sentence by sentence as they stream.
 
 One worker thread with its own queue renders each finished sentence to a WAV
-file and hands it to a sink: a player process (`aplay`) on a sound card, or
-numbered files in a folder where there is none. Rendering to a file, one
-utterance at a time, steers around pyttsx3 2.99's pitfalls: utterances queued
-before one `runAndWait` collapse to the last, `say` blocks for the whole
-playback and a failed playback is reported as completed. A player process can
-be killed the moment the reset key is pressed, and its exit status tells
-whether the sound card took the sentence.
+file with espeak-ng and hands it to a sink: a player process (`aplay`) on a
+sound card, or numbered files in a folder where there is none. A player
+process can be killed the moment the reset key is pressed, and its exit
+status tells whether the sound card took the sentence.
+
+espeak-ng runs as a command, not through pyttsx3: pyttsx3 2.99 keeps only the
+last of several utterances queued before one `runAndWait`, reports a failed
+playback as completed and blocks in `say` for the whole playback; seen here
+besides, its `save_to_file` wrote every second file empty (a bare 44-byte
+header), and a rate set between two utterances took effect only sometimes.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Deque, List, Optional, Sequence, Tuple
+from typing import Callable, Deque, List, NamedTuple, Optional, Sequence, Tuple
 
 from appliance.persona import Speech
 
@@ -41,29 +44,38 @@ class SpeechError(Exception):
     """Speech cannot go on as asked; one line naming the problem and the fix."""
 
 
+class Sentence(NamedTuple):
+    text: str
+    start: int  # where it starts in the reply, in characters
+    arrived: float  # when its last character arrived: its generation ended then
+
+
 class Sentences:
     """Cuts streamed text into sentences, each as soon as its end is certain.
 
     A full stop is an end only once the next character (a space) shows it is
-    not part of "3.14" or "Mr."; each sentence carries the time its last
-    piece arrived, which is when its generation ended.
+    not part of "3.14" or "Mr.".
     """
 
     def __init__(self) -> None:
         self.text = ""
+        self.cut = 0  # characters of the reply before self.text
         self._arrivals: List[Tuple[int, float]] = []  # (end offset in text, time)
 
-    def feed(self, piece: str, now: float) -> List[Tuple[str, float]]:
+    @property
+    def fed(self) -> int:
+        return self.cut + len(self.text)
+
+    def feed(self, piece: str, now: float) -> List[Sentence]:
         self.text += piece
         self._arrivals.append((len(self.text), now))
         found = []
         start = 0
         for match in _END.finditer(self.text):
-            end = match.end() - 1 if match.group().endswith((" ", "\n", "\t")) else match.end()
             words = self.text[start:match.start()].split()
             if match.group()[0] == "." and words and words[-1].lower() in _ABBREVIATIONS:
                 continue
-            found.append((start, end))
+            found.append((start, match.start() + len(match.group().rstrip())))
             start = match.end()
         if not found and len(self.text) > LONG_SENTENCE:
             clauses = list(_CLAUSE.finditer(self.text))
@@ -71,25 +83,24 @@ class Sentences:
                 found.append((0, clauses[-1].end() - 1))
         return self._take(found)
 
-    def finish(self, now: float) -> List[Tuple[str, float]]:
+    def finish(self, now: float) -> List[Sentence]:
         """The end of the reply: what is left is the last sentence."""
-        if not self.text.strip():
-            self.text, self._arrivals = "", []
-            return []
         return self._take([(0, len(self.text))])
 
-    def _take(self, spans: Sequence[Tuple[int, int]]) -> List[Tuple[str, float]]:
+    def _take(self, spans: Sequence[Tuple[int, int]]) -> List[Sentence]:
         out = []
         for start, end in spans:
             text = " ".join(self.text[start:end].split())
-            # The text's last non-space character arrived with the first piece reaching it.
-            last = len(self.text[:end].rstrip())
-            arrived = next(t for offset, t in self._arrivals if offset >= last)
             if text:
-                out.append((text, arrived))
+                first = start + len(self.text[start:end]) - len(self.text[start:end].lstrip())
+                # Its last character arrived with the first piece that reached it.
+                last = len(self.text[:end].rstrip())
+                arrived = next(t for offset, t in self._arrivals if offset >= last)
+                out.append(Sentence(text, self.cut + first, arrived))
         if spans:
             cut = spans[-1][1]
             self.text = self.text[cut:]
+            self.cut += cut
             self._arrivals = [(o - cut, t) for o, t in self._arrivals if o > cut]
         return out
 
@@ -98,42 +109,43 @@ class Sentences:
 
 
 class Espeak:
-    """espeak-ng through pyttsx3, one utterance per `runAndWait`, always into a file."""
+    """espeak-ng, one process per sentence writing a WAV file."""
 
-    def __init__(self) -> None:
-        try:
-            import pyttsx3
-
-            self.engine = pyttsx3.init("espeak")
-        except ImportError as e:
-            raise SpeechError(f"pyttsx3 is not installed ({e.name}): pip install "
-                              "'typewriter-appliance[pi]'") from None
-        except Exception as e:  # pyttsx3 raises RuntimeError/OSError when libespeak-ng is absent
-            raise SpeechError(f"espeak-ng cannot be loaded ({e}): apt-get install espeak-ng") from None
-        from pyttsx3.drivers import espeak
-
-        # pyttsx3 2.99 prints "Audio saved to ..." for every file; silence it in its module.
-        espeak.print = lambda *args, **kwargs: None
+    def __init__(self, program: str = "espeak-ng") -> None:
+        self.program = shutil.which(program)
+        if self.program is None:
+            raise SpeechError(f"{program} is not installed: apt-get install espeak-ng")
+        listing = self._run("--voices")
         self.voices = {}
-        for v in self.engine.getProperty("voices"):
-            for name in (v.id, v.id.rsplit("/", 1)[-1], v.name, *v.languages):
-                self.voices.setdefault(name.lower(), v.id)
+        for line in listing.splitlines()[1:]:
+            # Pty Language Age/Gender VoiceName File Other-languages
+            _, language, _, name, file = (line.split() + [""] * 5)[:5]
+            for key in (language, name, file, file.rsplit("/", 1)[-1]):
+                self.voices.setdefault(key.lower(), file)
+        self.settings: List[str] = []
+
+    def _run(self, *args: str, text: Optional[str] = None) -> str:
+        try:
+            done = subprocess.run([self.program, *args], input=text, capture_output=True,
+                                  text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise SpeechError(f"espeak-ng failed ({e}): check `espeak-ng 'hello'`") from None
+        if done.returncode != 0:
+            why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            raise SpeechError(f"espeak-ng failed ({why}): check `espeak-ng 'hello'`")
+        return done.stdout
 
     def configure(self, speech: Speech) -> None:
-        voice = self.voices.get((speech.voice or "").lower())
-        if voice is None:
+        """espeak-ng speaks an unknown voice with its default one, silently: check first."""
+        name = (speech.voice or "").split("+")[0]  # en-gb+f3: a voice and a variant
+        if name.lower() not in self.voices:
             examples = ", ".join(n for n in ("en-us", "en-gb", "de", "fr") if n in self.voices)
             raise SpeechError(f"voice {speech.voice!r} does not exist in espeak-ng: pick one "
                               f"from `espeak-ng --voices` (e.g. {examples})")
-        self.settings = {"voice": voice, "rate": speech.rate, "pitch": speech.pitch}
+        self.settings = ["-v", str(speech.voice), "-s", str(speech.rate), "-p", str(speech.pitch)]
 
     def render(self, text: str, path: Path) -> None:
-        # Set with each utterance: pyttsx3 applies a property set between utterances
-        # only sometimes.
-        for name, value in self.settings.items():
-            self.engine.setProperty(name, value)
-        self.engine.save_to_file(text, str(path))
-        self.engine.runAndWait()
+        self._run(*self.settings, "-w", str(path), "--stdin", text=text)
 
 
 class Piper:
@@ -228,7 +240,7 @@ class Spoken:
 
 
 @dataclass
-class _Sentence:
+class _Queued:
     text: str
     mark: Optional[int]  # the paper position it starts at, when pacing to the paper
     completed_at: float
@@ -255,7 +267,7 @@ class Speaker:
         self._queue: queue.Queue = queue.Queue()
         self._sentences = Sentences()
         self._first = True
-        self._mark: Optional[int] = None
+        self._ahead: Optional[int] = None  # paper position less reply position
         self._generation = 0
         self._lock = threading.Lock()
         self._process: Optional[subprocess.Popen] = None
@@ -286,24 +298,22 @@ class Speaker:
 
     def feed(self, piece: str, mark: Optional[int] = None) -> None:
         """Reply text as it streams; `mark` is where on the paper this piece starts."""
-        if self._mark is None:
-            self._mark = mark
-        for text, at in self._sentences.feed(piece, time.monotonic()):
-            self._queue_sentence(text, at)
-            self._mark = mark
-        if not self._sentences.text.strip():
-            self._mark = None
+        if mark is not None:
+            self._ahead = mark - self._sentences.fed  # line ends the typesetter added
+        self._queue_sentences(self._sentences.feed(piece, time.monotonic()))
 
     def finish(self) -> None:
         """The reply is complete: speak what is left; the next piece starts a new reply."""
-        for text, at in self._sentences.finish(time.monotonic()):
-            self._queue_sentence(text, at)
-        self._first, self._mark = True, None
+        self._queue_sentences(self._sentences.finish(time.monotonic()))
+        self._sentences, self._first, self._ahead = Sentences(), True, None
 
-    def _queue_sentence(self, text: str, completed_at: float) -> None:
-        if self.enabled:
-            self._queue.put(_Sentence(text, self._mark, completed_at, self._first,
-                                      self._generation))
+    def _queue_sentences(self, sentences: List[Sentence]) -> None:
+        if not self.enabled:
+            return
+        for sentence in sentences:
+            mark = None if self._ahead is None else sentence.start + self._ahead
+            self._queue.put(_Queued(sentence.text, mark, sentence.arrived, self._first,
+                                    self._generation))
             self._first = False
 
     def stop(self) -> None:
@@ -312,8 +322,7 @@ class Speaker:
             self._generation += 1
             if self._process is not None:
                 self._process.kill()
-        self._sentences = Sentences()
-        self._first, self._mark = True, None
+        self._sentences, self._first, self._ahead = Sentences(), True, None
 
     def toggle(self) -> bool:
         """The speech key: voice off (silenced now) or on again; returns whether it is on."""
@@ -368,7 +377,7 @@ class Speaker:
             self._report(f"{e}; speaking with {DEFAULT.voice!r} meanwhile")
             voice.configure(replace(speech, voice=DEFAULT.voice))
 
-    def _speak(self, voice, sentence: _Sentence) -> None:
+    def _speak(self, voice, sentence: _Queued) -> None:
         path = self.sink.path_for(sentence.text)
         voice.render(sentence.text, path)
         if not path.exists() or path.stat().st_size <= 44:  # a WAV header and no sound
@@ -390,7 +399,7 @@ class Speaker:
             raise SpeechError(f"the sound card did not play speech ({why[0]}): check `aplay -l` "
                               "and that the service user is in the audio group")
 
-    def _wait_for_paper(self, sentence: _Sentence) -> None:
+    def _wait_for_paper(self, sentence: _Queued) -> None:
         """Until the paper reaches the sentence, or stands still (paper out, link down)."""
         paper = self.paper
         if paper is None or sentence.mark is None:

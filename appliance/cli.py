@@ -458,6 +458,9 @@ def parser() -> argparse.ArgumentParser:
     from image import cli as image_cli
 
     image_cli.register(sub)
+    from appliance import firmware_cli
+
+    firmware_cli.register(sub)
     return p
 
 

@@ -133,3 +133,45 @@ def test_device_runs_under_micropython():
                              str(ROOT)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "micropython ok"
+
+
+@pytest.fixture
+def board(tmp_path):
+    """A folder holding exactly what `typewriter firmware flash` copies to the board."""
+    from firmware_bridge.flash import board_files
+
+    for path, content in board_files("brother_ax"):
+        target = tmp_path / "board" / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    return tmp_path / "board"
+
+
+def micropython(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([MICROPYTHON, str(Path(__file__).with_name(script)), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@needs_micropython
+def test_firmware_runs_under_micropython_from_the_flashed_files_alone(board):
+    """Typing, chords, the charmap both ways and keys held during a reply, on the
+    simulated board, importing nothing but what flash copies."""
+    result = micropython("micropython_firmware_check.py", str(board))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "micropython firmware ok"
+
+
+@needs_micropython
+def test_board_layer_and_main_program_run_under_micropython_on_fake_pins(board):
+    """PicoHal's pins and MT8816 latching, and run(): HELLO, WELCOME, a PRINT struck."""
+    result = micropython("micropython_board_check.py", str(board))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "micropython board ok"
+
+
+@needs_micropython
+def test_the_boards_main_py_compiles_under_micropython(board):
+    result = subprocess.run(
+        [MICROPYTHON, "-c", "compile(open('main.py').read(), 'main.py', 'exec'); print('ok')"],
+        cwd=board, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "ok", result.stderr

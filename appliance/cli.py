@@ -87,7 +87,10 @@ def engine_for(persona: Persona, args: argparse.Namespace,
 
 def cmd_run(args: argparse.Namespace) -> int:
     from appliance.daemon import Appliance
+    from appliance.panel import panel_for
+    from appliance.persona import Speech
     from appliance.persona_cli import store_for
+    from appliance.speech import open_speaker
     from appliance.switcher import Switcher
 
     config = merge(load_config(Path(args.config) if args.config else default_path()), {
@@ -109,9 +112,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = store_for(args)
     persona, engine = load(args, store.folder_for(args.persona))
     switcher = Switcher(store, lambda p: engine_for(p, args), n_ctx=args.ctx)
+    speaker = open_speaker(Speech(config.voice, config.speech_rate, config.speech_pitch),
+                           config.piper_model) if config.output != "print" else None
+    panel = panel_for(config.panel_thinking, config.panel_ready, config.panel_button,
+                      config.panel_buzzer)
     app = Appliance(persona, engine, args.port, width=args.width, prefill=args.prefill,
                     journal=journal, notifier=notifier,
-                    double_return=config.submit == "double-return", switcher=switcher).start()
+                    double_return=config.submit == "double-return", switcher=switcher,
+                    speaker=speaker, panel=panel,
+                    printing=config.output != "speech" or speaker is None).start()
     try:
         control = ControlServer(Path(args.control) if args.control else control_path(),
                                 app.control).start()
@@ -137,6 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from appliance.daemon import Appliance
+    from appliance.speech import demo_speaker
     from firmware_bridge.simulator import SimulatedTypewriter
 
     journal = Journal(Path(args.state_dir)) if args.state_dir else None
@@ -145,7 +155,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     sim = SimulatedTypewriter(width=args.width, cps=args.cps, cr_seconds=args.cr, on_strike=echo)
     path = sim.start()
     app = Appliance(persona, engine, path, width=args.width, prefill=args.prefill,
-                    journal=journal).start()
+                    journal=journal, speaker=demo_speaker(args.speech_files) if args.speak
+                    else None).start()
     try:
         with app.running():
             demo_session(app, sim, persona.name, args)
@@ -389,6 +400,10 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=bounded(float, 1, 86400), default=300.0,
                       help="--type: seconds to wait")
     demo.add_argument("--state-dir", help="keep a transcript there (default: none)")
+    demo.add_argument("--speak", action="store_true", help="speak the replies too, sentence "
+                      "by sentence (to the sound card, else to WAV files it names)")
+    demo.add_argument("--speech-files", metavar="DIR", help="--speak: write the WAV files "
+                      "there even with a sound card")
     demo.set_defaults(func=cmd_demo)
 
     transcript = sub.add_parser("transcript", help="export the conversation transcript")

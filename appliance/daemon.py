@@ -157,6 +157,9 @@ class Appliance:
         if self.reply is not None:
             self.reply.cancel()
         self.link.close()
+        if self.speaker is not None:
+            self.speaker.close()
+        self.panel.close()
 
     def run(self) -> None:
         """Handle events until stop() is called."""

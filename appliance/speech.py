@@ -20,6 +20,7 @@ import queue
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -418,3 +419,33 @@ class Speaker:
         if problem not in self._reported:
             self._reported.add(problem)
             log.error("speech: %s", problem, extra={"ERROR_KIND": "speech"})
+
+
+def open_speaker(defaults: Speech = DEFAULT, piper_model: Optional[str] = None,
+                 files: Optional[Path] = None,
+                 on_file: Callable[[Path, str], None] = lambda p, t: None) -> Optional[Speaker]:
+    """A started speaker on the sound card, or writing numbered WAV files into `files`.
+
+    None, after one message, when speech cannot work: the appliance goes on printing.
+    """
+    if files is None and not SoundCard.present():
+        problem = ("no sound card (`aplay -l` lists none, or alsa-utils is missing): connect "
+                   "one and apt-get install alsa-utils")
+    else:
+        sink = SoundCard() if files is None else WavFiles(files, on_file)
+        try:
+            return Speaker(sink, defaults, Path(piper_model) if piper_model else None).start()
+        except SpeechError as e:
+            sink.close()
+            problem = str(e)
+    log.error("speech off: %s", problem, extra={"ERROR_KIND": "speech"})
+    return None
+
+
+def demo_speaker(files: Optional[str] = None) -> Optional[Speaker]:
+    """`typewriter demo --speak`: the sound card if there is one, else WAV files it names."""
+    folder = Path(files) if files else None
+    if folder is None and not SoundCard.present():
+        folder = Path(tempfile.mkdtemp(prefix="typewriter-speech-"))
+    return open_speaker(files=folder, on_file=lambda path, text: print(
+        f"spoken: {path}  ({text})", file=sys.stderr, flush=True))

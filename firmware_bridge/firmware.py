@@ -158,3 +158,27 @@ async def run(model_name: str = "brother_ax") -> None:
             await asyncio.sleep_ms(2)
 
     await asyncio.gather(keyboard(), printer(), link())
+
+
+def probe(model_name: str = "brother_ax", presses: "Optional[int]" = None,
+          out: "Callable[[str], None]" = print) -> None:
+    """Say which column and row each key pressed closes, to map a new typewriter's
+    keyboard (docs/hardware.md); run it on the board with mpremote, Ctrl-C stops."""
+    from firmware_bridge import model as models
+    from firmware_bridge.hal import PicoHal
+
+    model = models.load(model_name)
+    hal = PicoHal(model)
+    timing = Timing(model["timing_ms"])
+    rows = model["matrix"]["rows"]
+    debouncer = Debouncer(model["matrix"]["columns"], rows, timing.debounce_press,
+                          timing.debounce_release)
+    names = Keymap(model).names
+    while presses is None or presses > 0:
+        now = hal.now()
+        for index, pressed in debouncer.update(hal.scan(now), now):
+            if pressed:
+                out(f"column {index // rows} row {index % rows} "
+                    f"(the model says {names[index]})")
+                presses = None if presses is None else presses - 1
+        hal.time.sleep_ms(max(1, int(timing.scan * 1000)))

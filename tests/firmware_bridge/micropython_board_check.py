@@ -107,6 +107,11 @@ frame = hal.scan(0.0)
 assert frame == [1 << (a % 8) if c == a // 8 else 0 for c in range(8)], frame
 assert all(PINS[p].mode == Pin.IN for p in pico["columns"]), "columns left undriven"
 PRESSED.clear()
+heard = []
+PRESSED.add((pico["columns"][3], pico["rows"][5]))
+firmware.probe("brother_ax", presses=1, out=heard.append)
+assert heard == ["column 3 row 5 (the model says i)"], heard
+PRESSED.clear()
 boot_id = hal.boot_id()
 assert 0 <= boot_id < 2 ** 32
 

@@ -135,7 +135,8 @@ class RootFS:
 
     def resize(self, size: int) -> None:
         """Grow the file system to `size` bytes (its file must already be that long)."""
-        run(["e2fsck", "-fy", str(self.fs)], what="checking the root file system")
+        # resize2fs insists on a freshly checked file system; -p repairs only what is safe.
+        run(["e2fsck", "-fp", str(self.fs)], what="checking the base's root file system")
         run(["resize2fs", str(self.fs), f"{size // 1024}K"], what="growing the root file system")
 
     def check(self) -> None:

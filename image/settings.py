@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -30,7 +30,6 @@ class Settings:
     wheelhouse: Optional[Path] = None
     no_wheels: bool = False
     dry_run: bool = False
-    notes: list = field(default_factory=list)
 
 
 def public_key(given: str, option: str) -> str:
@@ -59,7 +58,7 @@ def load(options: Dict[str, Any], config: Optional[Path], default_persona: Path)
             values = tomllib.loads(config.read_text())
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ImageError(f"{config}: {e}: fix the file") from None
-        known = {f.name.replace("_", "-") for f in fields(Settings)} - {"notes", "dry-run"}
+        known = {f.name.replace("_", "-") for f in fields(Settings)} - {"dry-run"}
         values = {k.replace("_", "-"): v for k, v in values.items()}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -19,6 +19,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from email.parser import Parser
+from fnmatch import fnmatch
 from importlib import metadata
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -168,6 +169,25 @@ def requirement_of(dist: str, name: str) -> str:
     raise ImageError(f"{dist} does not require {name}: reinstall the project (pip install -e .)")
 
 
+def app_wheel(out: Path) -> Path:
+    """The appliance's own wheel, built from a clean copy of the checkout's packages (an
+    in-tree build would reuse setuptools' build/ folder, stale files included)."""
+    from appliance.config import tomllib
+
+    project = tomllib.loads((PROJECT / "pyproject.toml").read_text())
+    patterns = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    with tempfile.TemporaryDirectory() as source:
+        for name in ("pyproject.toml", project["project"].get("readme", "README.md")):
+            shutil.copy(PROJECT / name, Path(source) / name)
+        for folder in PROJECT.iterdir():
+            if folder.is_dir() and any(fnmatch(folder.name, p) for p in patterns):
+                shutil.copytree(folder, Path(source) / folder.name,
+                                ignore=shutil.ignore_patterns("__pycache__", ".*"))
+        _pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(out), source,
+             what="building the appliance's wheel")
+    return max(out.glob("typewriter_appliance-*.whl"), key=lambda p: p.stat().st_mtime)
+
+
 def build(out: Path, arch: str, python: str, engine_wheel: Optional[Path] = None,
           log=print) -> List[Wheel]:
     """Fill `out` with every wheel the image needs for Python `python` on `arch`."""
@@ -176,8 +196,7 @@ def build(out: Path, arch: str, python: str, engine_wheel: Optional[Path] = None
         raise ImageError(f"the project's source is not next to this installation ({PROJECT}): "
                          "run from a checkout")
     log("building the appliance's wheel")
-    _pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(out), str(PROJECT),
-         what="building the appliance's wheel")
+    app_wheel(out)
     engine = requirement_of(APP, ENGINE)
     if engine_wheel:
         shutil.copy(engine_wheel, out / engine_wheel.name)

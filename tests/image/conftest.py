@@ -17,6 +17,7 @@ from typing import Dict, Optional
 import pytest
 
 from appliance.bundle import seal
+from image.wheelhouse import app_wheel
 
 TOOLS = ("sfdisk", "mkfs.vfat", "mcopy", "mtype", "mdir", "mkfs.ext4", "debugfs", "e2fsck",
          "resize2fs", "dumpe2fs")
@@ -179,21 +180,11 @@ def installed_closure(root: str) -> list:
     return seen
 
 
-def app_wheel(out: Path) -> Path:
-    """The project's own wheel, built from this checkout."""
-    import sys
-
-    root = Path(__file__).resolve().parents[2]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(out), str(root)], check=True, capture_output=True)
-    return next(out.glob("typewriter_appliance-*.whl"))
-
-
 @pytest.fixture(scope="session")
 def host_wheelhouse(tmp_path_factory) -> Path:
     """Every wheel the appliance needs on this machine: its own, and the installed ones."""
     out = tmp_path_factory.mktemp("wheels-host")
-    app_wheel(out)
+    app_wheel(out)  # the same wheel `typewriter image wheelhouse` builds
     for name in installed_closure("llama-cpp-python") + installed_closure("pyserial") + \
             installed_closure("gguf") + ["pip"]:
         if not list(out.glob(f"{name.replace('-', '_')}-*.whl")):

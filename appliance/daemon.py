@@ -25,6 +25,7 @@ from appliance.printer import Typesetter
 from appliance.service import Notifier
 from appliance.speech import Speaker
 from appliance.switcher import Plan, Switcher, SwitchError
+from firmware_bridge import messages as m
 from firmware_bridge.link import Link
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,8 @@ class Appliance:
                 pass
             self._watchdog()
             self._track_printing()
-            self.panel.show(thinking=self.engine.busy_since is not None, busy=not self.idle)
+            self.panel.show(thinking=self.engine.busy_since is not None,
+                            busy=not self.idle or bool(self.link.flags & m.FLAG_PRINTING))
 
     def _track_printing(self) -> None:
         """Record in the journal how much of the last reply the typewriter has struck."""

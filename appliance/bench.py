@@ -8,7 +8,9 @@ characters per second beside what the typewriter can print.
 typewriter over a pty, a person typing at a steady rate: time from submit to
 the first reply byte on the wire with prefill and without, side by side in
 one run; decode speed in the appliance against a bare llama-cpp-python loop;
-memory beyond the model; and how long the printer waits for text mid-reply.
+memory beyond the model; how long the printer waits for text mid-reply; and
+how soon a reply's first sentence is spoken once complete (both runs speak,
+into WAV files).
 """
 
 from __future__ import annotations
@@ -167,7 +169,10 @@ def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: fl
     ttft, idle, evaluated, decode = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "config.toml").write_text("")  # this machine's own config stays out of it
+        # This machine's own config stays out of it; speech goes to WAV files, as the
+        # bench machine may have no sound card.
+        (folder / "config.toml").write_text(f'output = "both"\nspeech_files = '
+                                            f'"{folder / "speech"}"\n')
         sock = folder / "control.sock"
         command = [sys.executable, "-m", "appliance.cli", "run", "--port", port,
                    "--persona", str(_bench_persona(folder / "persona", model)),
@@ -199,12 +204,13 @@ def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: fl
                 if stats["decode_tps"]:
                     decode.append(stats["decode_tps"])
             peak = _peak_rss_mb(app.pid)
+            speech = status()["speech_start_s"]
         finally:
             app.terminate()
             app.wait(30)
             sim.stop()
     return {"ttft": ttft, "idle": idle, "decode": decode, "evaluated": evaluated,
-            "peak_rss_mb": peak}
+            "peak_rss_mb": peak, "speech": speech}
 
 
 def _printer_idle(sim, since: float, cps: float, cr_seconds: float) -> float:
@@ -290,6 +296,10 @@ def end_to_end(model: Path, shape: str, threads: int, rate: float = 5.0, cps: fl
         "mmap": mmap,
         "printer_idle_s": round(max(with_prefill["idle"]), 3),
     }
+    # From a reply's first sentence being complete in the appliance to its sound starting.
+    speech = with_prefill["speech"] + on_submit["speech"]
+    result["speech_start_s"] = round(median(speech), 3) if speech else None
+    result["speech_start_max_s"] = max(speech) if speech else None
     result["decode_ratio"] = round(result["decode_tps_appliance"] / result["decode_tps_bare"], 3)
     result["decode_step_s"] = round(1 / result["decode_tps_bare"], 4)
     if out is not None:

@@ -112,8 +112,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = store_for(args)
     persona, engine = load(args, store.folder_for(args.persona))
     switcher = Switcher(store, lambda p: engine_for(p, args), n_ctx=args.ctx)
+    files = Path(config.speech_files) if config.speech_files else None
     speaker = open_speaker(Speech(config.voice, config.speech_rate, config.speech_pitch),
-                           config.piper_model) if config.output != "print" else None
+                           config.piper_model, files) if config.output != "print" else None
     panel = panel_for(config.panel_thinking, config.panel_ready, config.panel_button,
                       config.panel_buzzer)
     app = Appliance(persona, engine, args.port, width=args.width, prefill=args.prefill,

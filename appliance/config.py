@@ -39,6 +39,7 @@ output = "print"              # "print", "speech" (no print mechanism) or "both"
 # speech_rate = 175           # [speech] table wins; rate in words per minute,
 # speech_pitch = 50           # pitch 0..100
 # piper_model = "/var/lib/typewriter/voices/en_GB-alan-medium.onnx"  # with piper-tts
+# speech_files = "/var/lib/typewriter/speech"  # keep speech as numbered WAVs, not played
 # panel_thinking = 18         # the panel's GPIO (BCM) pins; leave out what is not fitted
 # panel_ready = 23
 # panel_button = 24           # press: new conversation; hold: next persona
@@ -67,6 +68,7 @@ class Config:
     speech_rate: Optional[int] = None
     speech_pitch: Optional[int] = None
     piper_model: Optional[str] = None
+    speech_files: Optional[str] = None
     panel_thinking: Optional[int] = None
     panel_ready: Optional[int] = None
     panel_button: Optional[int] = None
@@ -90,6 +92,7 @@ _RULES: Dict[str, Tuple[type, Any]] = {
     "speech_rate": (int, SPEECH_RATE),
     "speech_pitch": (int, SPEECH_PITCH),
     "piper_model": (str, None),
+    "speech_files": (str, None),
     **{f"panel_{part}": (int, (0, 27)) for part in ("thinking", "ready", "button", "buzzer")},
 }
 

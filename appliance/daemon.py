@@ -216,6 +216,8 @@ class Appliance:
                     "last_reply": self.conversation.last_reply, "overflow": self.link.overflow,
                     "persona_error": self.last_switch_error,
                     "last_reply_stats": self.last_reply_stats,
+                    "speech_start_s": self.speaker.first_sentence_delays() if self.speaker
+                    else [],
                     "status": self.describe()}
         if command in ("reset", "print"):
             answer: queue.Queue[dict] = queue.Queue()

@@ -333,6 +333,10 @@ class Speaker:
         log.info("speech %s", "on" if self.enabled else "off")
         return self.enabled
 
+    def first_sentence_delays(self) -> List[float]:
+        """Seconds from each reply's first sentence being complete to its sound starting."""
+        return [round(s.started_at - s.completed_at, 3) for s in self.spoken if s.first]
+
     @property
     def idle(self) -> bool:
         """Nothing queued, rendering or playing."""

@@ -219,7 +219,7 @@ class Appliance:
                     "speech_start_s": self.speaker.first_sentence_delays() if self.speaker
                     else [],
                     "status": self.describe()}
-        if command in ("reset", "print"):
+        if command in ("reset", "print") or (command == "say" and self.speaker is not None):
             answer: queue.Queue[dict] = queue.Queue()
             self.events.put(("control", command, str(request.get("text", "")), answer))
             return answer.get(timeout=30)
@@ -234,10 +234,13 @@ class Appliance:
             self._reset()
             return {"ok": True}
         if not text.strip():
-            return {"ok": False, "error": "print needs some text"}
+            return {"ok": False, "error": f"{command} needs some text"}
         if self.reply is not None:
             return {"ok": False, "error": "a reply is printing: try again when it is done"}
-        self._typeset_line(text)
+        if command == "say":
+            self.speaker.say(text)
+        else:
+            self._typeset_line(text)
         return {"ok": True}
 
     def describe(self) -> str:

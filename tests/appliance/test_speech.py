@@ -5,6 +5,7 @@ This machine has no sound card: the sound card's place is taken by WAV files
 as long as the sound it is given).
 """
 
+import json
 import logging
 import os
 import shutil
@@ -17,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from appliance.config import ConfigError
+from appliance.config import load as load_config
 from appliance.daemon import Appliance
 from appliance.engine import Engine
 from appliance.model_synth import synthesize
-from appliance.persona import Persona, Speech
+from appliance.persona import Persona, PersonaError, Speech
 from appliance.speech import Sentences, SoundCard, Speaker, SpeechError, WavFiles
 from firmware_bridge import messages as m
 from firmware_bridge.simulator import SimulatedTypewriter
@@ -274,3 +277,69 @@ def test_the_demo_speaks_to_wav_files_it_names(script_persona, tmp_path):
 def test_a_piper_voice_without_piper_tts_is_one_clear_message(tmp_path):
     with pytest.raises(SpeechError, match="piper-tts is not installed: pip install piper-tts"):
         Speaker(WavFiles(tmp_path), piper_model=tmp_path / "voice.onnx").start()
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("table, problem", [
+    ('rate = 1000', "speech.rate: must be a whole number from 80 to 450, not 1000"),
+    ('pitch = "high"', "speech.pitch: must be a whole number, not 'high'"),
+    ('voice = "en gb"', "speech.voice: 'en gb' must be one voice name, like 'en-gb'"),
+    ('volume = 3', "speech.volume: unknown setting (known: voice, rate, pitch); remove it"),
+])
+def test_a_bad_speech_table_on_the_persona_card_is_one_line(tmp_path, script_model, table,
+                                                           problem):
+    folder = write_persona(tmp_path / "p", script_model, f"[speech]\n{table}\n")
+    with pytest.raises(PersonaError) as e:
+        Persona.load(folder)
+    assert str(e.value) == f"{folder / 'persona.toml'}: {problem}"
+
+
+def test_the_config_checks_every_speech_and_panel_setting(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('output = "loud"\nspeech_rate = 10\nspeech_pitch = 50\npanel_button = 40\n'
+                    'voice = "en-gb"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value).splitlines() == [
+        f"{path}: output: 'loud' is not one of print, speech, both",
+        f"{path}: speech_rate: 10 is outside 80..450",
+        f"{path}: panel_button: 40 is outside 0..27",
+    ]
+
+
+def test_run_speaks_as_the_config_says_and_keeps_printing_past_bad_settings(tmp_path,
+                                                                           script_persona):
+    """A voice that does not exist and a panel on a machine without GPIO: a line each."""
+    config = tmp_path / "config.toml"
+    wavs = tmp_path / "speech"
+    config.write_text(f'output = "both"\nspeech_files = "{wavs}"\nvoice = "no-such-voice"\n'
+                      "panel_button = 24\n")
+    control = tmp_path / "control.sock"
+    with SimulatedTypewriter(cps=2000, cr_seconds=0) as sim:
+        app = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli", "run", "--port", sim.start(), "--persona",
+             str(script_persona), "--config", str(config), "--state-dir", str(tmp_path / "s"),
+             "--control", str(control), "--personas", str(tmp_path / "personas")],
+            stderr=subprocess.PIPE, text=True)
+        try:
+            assert wait_for(control.exists, 60)
+            sim.type_text("Hello\n\n")
+            assert wait_for(lambda: "home." in sim.paper.text(), 30)
+            assert wait_for(lambda: len(list(wavs.glob("*.wav"))) == 1, 10)
+            said = typewriter("ctl", "say", "A word from SSH.", "--control", str(control))
+            assert said.returncode == 0, said.stderr
+            assert wait_for(lambda: len(list(wavs.glob("*.wav"))) == 2, 10)
+            status = json.loads(typewriter("ctl", "status", "--json", "--control",
+                                           str(control)).stdout)
+            assert len(status["speech_start_s"]) == 2
+        finally:
+            app.terminate()
+            _, stderr = app.communicate(timeout=30)
+    assert all(measure(p)[1] > 500 for p in wavs.glob("*.wav"))
+    assert "Good morrow" in sim.paper.text()
+    errors = [line for line in stderr.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 2, stderr
+    assert "voice 'no-such-voice' does not exist in espeak-ng" in errors[0] + errors[1]
+    assert "panel off: no GPIO on this machine" in errors[0] + errors[1]

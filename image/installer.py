@@ -61,12 +61,13 @@ rm -rf "$ROOT$VENV"
     --disable-pip-version-check --find-links "$WHEELS" pip typewriter-appliance
 
 if [ -z "$ROOT" ] && getent passwd typewriter >/dev/null 2>&1; then
-    chown -R typewriter:typewriter "$ROOT/var/lib/typewriter"
-    if [ -s "$ROOT{PERSONA_KEY}" ]; then
-        runuser -u typewriter -- env PATH="$VENV/bin:$PATH" typewriter persona authorize-key \\
-            "$ROOT{PERSONA_KEY}" --authorized-keys /var/lib/typewriter/.ssh/authorized_keys \\
+    if [ -s "{PERSONA_KEY}" ]; then
+        PATH="$VENV/bin:$PATH" typewriter persona authorize-key "{PERSONA_KEY}" \\
+            --authorized-keys /var/lib/typewriter/.ssh/authorized_keys \\
             --config /etc/typewriter/config.toml
     fi
+    # The state folder (personas, the upload key) belongs to the appliance's user.
+    chown -R typewriter:typewriter /var/lib/typewriter
 fi
 echo "typewriter: installed $("$ROOT$VENV/bin/typewriter" --version)"
 """

@@ -40,9 +40,11 @@ def image_tree(tmp_path: Path, bundle: Path, ssh_key: Path, tree: Path, *wheels:
                       str(ssh_key), "--persona", str(bundle), *wheels, timeout=600)
     assert done.returncode == 0, done.stderr
     root = f"{out}?offset={partition_table(out)[1]['start'] * 512}"
-    for folder in ("/opt", "/var/lib"):
-        (tree / folder.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        run("debugfs", "-R", f"rdump {folder}/typewriter {tree / folder.lstrip('/')}", root)
+    for folder in ("/opt/typewriter", "/var/lib/typewriter", "/etc/typewriter",
+                   "/usr/lib/sysusers.d"):
+        parent = tree / os.path.dirname(folder).lstrip("/")
+        parent.mkdir(parents=True, exist_ok=True)
+        run("debugfs", "-R", f"rdump {folder} {parent}", root)
     script = tree / installer.SCRIPT_PATH.lstrip("/")
     script.parent.mkdir(parents=True, exist_ok=True)
     run("debugfs", "-R", f"dump -p {installer.SCRIPT_PATH} {script}", root)
@@ -128,15 +130,28 @@ def aarch64_wheelhouse(tmp_path_factory) -> Path:
 def test_arm64_tree_installs_the_cross_built_wheels_offline_and_loads_a_model(
         tmp_path, bundle, ssh_key, arm64_tree, aarch64_wheelhouse):
     tree = arm64_tree
-    image_tree(tmp_path, bundle, ssh_key, tree, "--wheelhouse", str(aarch64_wheelhouse))
+    image_tree(tmp_path, bundle, ssh_key, tree, "--wheelhouse", str(aarch64_wheelhouse),
+               "--persona-key", str(ssh_key))
     wheels = sorted(p.name for p in (tree / installer.WHEELS.lstrip("/")).iterdir())
     assert "llama_cpp_python-0.3.36-py3-none-linux_aarch64.whl" in wheels
+    # What systemd-sysusers does early on first boot, from the image's sysusers.d entry.
+    if shutil.which("systemd-sysusers"):
+        run("systemd-sysusers", f"--root={tree}")
     done = subprocess.run([*offline(), *emulated(tree), installer.SCRIPT_PATH],
                           capture_output=True, text=True, env=ARM_ENV, timeout=1200)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     version = subprocess.run([*emulated(tree), f"{installer.VENV}/bin/typewriter", "--version"],
                              capture_output=True, text=True, env=ARM_ENV, timeout=300)
     assert version.returncode == 0 and version.stdout.startswith("typewriter 0."), version.stderr
+    if shutil.which("systemd-sysusers"):  # the persona upload key, restricted to receive
+        (line,) = (tree / "var/lib/typewriter/.ssh/authorized_keys").read_text().splitlines()
+        assert line.startswith("restrict,command=")
+        # the venv's typewriter (or, where proot hides it from which(), its python -m)
+        assert f'command="{installer.VENV}/bin/' in line
+        assert "persona receive --config /etc/typewriter/config.toml" in line
+        assert " ".join(ssh_key.read_text().split()[:2]) in line
+        mode = (tree / "var/lib/typewriter/.ssh/authorized_keys").stat().st_mode & 0o777
+        assert mode == 0o600
     loaded = subprocess.run([*emulated(tree), f"{installer.VENV}/bin/python", "-c", (
         "import platform; from llama_cpp import Llama; "
         "m = Llama(model_path='/var/lib/typewriter/personas/juliet/model.gguf', n_ctx=64, "

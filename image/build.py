@@ -249,6 +249,7 @@ def build(settings: Settings, log: Callable[[str], None] = print) -> Result:
     rootfile = staged.with_name(staged.name + ".rootfs")
     sidecars = {".sha256": staged.with_name(staged.name + ".sha256"),
                 ".bmap": staged.with_name(staged.name + ".bmap")}
+    temporary = [staged, rootfile, *sidecars.values()]
     try:
         # A quick estimate before the long copy; wheels are checked once the release is known.
         check_space(settings, [])
@@ -305,7 +306,7 @@ def build(settings: Settings, log: Callable[[str], None] = print) -> Result:
                              "--out on a bigger disk") from None
         raise ImageError(f"{e.filename or out}: {e.strerror}") from None
     finally:
-        for path in (staged, rootfile, *sidecars.values()):
+        for path in temporary:
             path.unlink(missing_ok=True)
 
 

@@ -73,12 +73,12 @@ def grow_root(image: Path, root: Partition, new_size: int) -> Partition:
 
 def copy_range(source: Path, source_offset: int, target: Path, target_offset: int,
                length: int, progress: Optional[Callable[[int], None]] = None) -> None:
-    """Copy bytes between files; into a new file, zero blocks stay holes (sparse)."""
+    """Copy bytes between files, writing only blocks that differ from what the target holds,
+    so its holes stay holes: the image stays sparse and its .bmap small."""
     block = 4 << 20
     zero = bytes(block)
-    sparse = not target.exists()
-    flags = os.O_WRONLY | (os.O_CREAT if sparse else 0)
-    with open(source, "rb") as src, os.fdopen(os.open(target, flags, 0o644), "wb") as dst:
+    fresh = not target.exists()
+    with open(source, "rb") as src, open(target, "wb" if fresh else "r+b") as dst:
         src.seek(source_offset)
         done = 0
         while done < length:
@@ -86,7 +86,9 @@ def copy_range(source: Path, source_offset: int, target: Path, target_offset: in
             if not data:
                 raise ImageError(f"{source}: ends early (truncated download?); download it "
                                  "again")
-            if not sparse or data != zero[:len(data)]:
+            dst.seek(target_offset + done)
+            old = zero[:len(data)] if fresh else dst.read(len(data))
+            if data != old:
                 dst.seek(target_offset + done)
                 dst.write(data)
             done += len(data)

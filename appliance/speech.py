@@ -27,7 +27,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Deque, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Deque, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from appliance.persona import Speech
 
@@ -192,10 +192,10 @@ class SoundCard:
         """
         return shutil.which("aplay") is not None and any(Path("/dev/snd").glob("pcmC*D*p"))
 
-    def path_for(self, text: str) -> Path:
+    def path_for(self) -> Path:
         return self.folder / "sentence.wav"  # one at a time: rendered, played, replaced
 
-    def begin(self, path: Path) -> Optional[subprocess.Popen]:
+    def begin(self, path: Path, text: str) -> Optional[subprocess.Popen]:
         return subprocess.Popen([*self.command, str(path)], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -211,16 +211,13 @@ class WavFiles:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.on_file = on_file
         self.count = len(list(self.folder.glob("*.wav")))
-        self.texts: dict = {}
 
-    def path_for(self, text: str) -> Path:
+    def path_for(self) -> Path:
         self.count += 1
-        path = self.folder / f"{self.count:04d}.wav"
-        self.texts[path] = text
-        return path
+        return self.folder / f"{self.count:04d}.wav"
 
-    def begin(self, path: Path) -> Optional[subprocess.Popen]:
-        self.on_file(path, self.texts.pop(path, ""))
+    def begin(self, path: Path, text: str) -> Optional[subprocess.Popen]:
+        self.on_file(path, text)
         return None
 
     def close(self) -> None:
@@ -258,7 +255,8 @@ class Speaker:
     not run far ahead of what is printed.
     """
 
-    def __init__(self, sink, defaults: Speech = DEFAULT, piper_model: Optional[Path] = None):
+    def __init__(self, sink: Union[SoundCard, WavFiles], defaults: Speech = DEFAULT,
+                 piper_model: Optional[Path] = None):
         self.sink = sink
         self.defaults = replace(DEFAULT, **{k: v for k, v in defaults.__dict__.items()
                                                if v is not None})
@@ -384,16 +382,17 @@ class Speaker:
             voice.configure(replace(speech, voice=DEFAULT.voice))
 
     def _speak(self, voice, sentence: _Queued) -> None:
-        path = self.sink.path_for(sentence.text)
+        path = self.sink.path_for()
         voice.render(sentence.text, path)
         if not path.exists() or path.stat().st_size <= 44:  # a WAV header and no sound
             raise SpeechError(f"the voice made no sound for {sentence.text[:40]!r}: check "
                               "`espeak-ng 'hello'` on this machine")
         self._wait_for_paper(sentence)
         with self._lock:
-            if sentence.generation != self._generation:
+            if sentence.generation != self._generation:  # reset while it was being made
+                path.unlink(missing_ok=True)
                 return
-            self._process = self.sink.begin(path)
+            self._process = self.sink.begin(path, sentence.text)
             self.spoken.append(Spoken(sentence.text, path, sentence.completed_at,
                                       time.monotonic(), sentence.first))
         if self._process is None:

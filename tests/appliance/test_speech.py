@@ -230,7 +230,22 @@ def test_the_appliance_speaks_each_sentence_when_the_paper_reaches_it(talk_rig):
     assert speaker.spoken[0].first and not any(s.first for s in list(speaker.spoken)[1:])
 
 
-def test_speech_alone_prints_nothing_and_the_reset_key_silences_it(talk_rig):
+def test_the_reset_key_silences_the_rest_of_the_reply(talk_rig):
+    persona, engine, speaker, sim, made = talk_rig
+    sim.cps = 15
+    app = Appliance(persona, engine, sim.start(), speaker=speaker).start()
+    with app.running():
+        assert wait_for(lambda: app.link.up)
+        sim.type_text("Hello\n\n")
+        assert wait_for(lambda: made == SAID[:1], 10), "the first sentence is spoken at once"
+        sim.press(m.KEY_RESET)
+        assert wait_for(lambda: app.idle)
+        time.sleep(1.0)  # the paper would have reached the second sentence by now
+        assert made == SAID[:1]
+        assert app.conversation.history == []
+
+
+def test_speech_alone_prints_nothing_and_the_speech_key_silences_it(talk_rig):
     persona, engine, speaker, sim, made = talk_rig
     app = Appliance(persona, engine, sim.start(), speaker=speaker, printing=False).start()
     with app.running():

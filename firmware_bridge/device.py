@@ -76,9 +76,9 @@ class Ring:
 class Device:
     """Keys out (buffered while the host is away), print bytes in (within credits).
 
-    Typed keys move `column` in `type_key` itself: on a typewriter the
-    keystroke strikes the paper directly, so the carriage has moved whether or
-    not the host ever hears of the key (even when the buffer was full).
+    Typed keys move `column` in `type_key` itself: the firmware strikes each
+    key it hands over, so the carriage moves whether or not the host ever
+    hears of the key (even when the buffer was full).
     """
 
     def __init__(self, name: str, boot_id: int, clock: "Callable[[], float]",

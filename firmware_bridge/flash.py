@@ -90,17 +90,17 @@ def check(port: str, timeout: float = 3.0) -> Tuple[str, int, int, int]:
 
     session = Session(0, "typewriter firmware check", random.getrandbits(32), time.monotonic,
                       on_reliable=lambda ftype, seq, body: False)
-    port_ = open_port(port)
+    serial_port = open_port(port)
     try:
         session.hello()
-        port_.write(session.output())
+        serial_port.write(session.output())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for event in session.feed(port_.read(256)):
+            for event in session.feed(serial_port.read(256)):
                 if event[0] in ("welcome", "hello"):
                     return event[4], event[1], event[2], event[3]
     finally:
-        port_.close()
+        serial_port.close()
     raise FlashError(f"no typewriter firmware answered on {port} within {timeout:.0f} s: check "
                      "the wiring (Pico TX to the Pi's RX and back), that the board has the "
                      "firmware (typewriter firmware flash), or pass --port")

@@ -11,6 +11,7 @@ try:
 except ImportError:  # MicroPython: annotations are never evaluated
     pass
 
+CHORDS = ("reset", "next_persona", "toggle_speech", "reprint", "submit")
 TIMINGS = ("hold", "release", "char", "cr", "cr_per_column", "lf", "debounce_press",
            "debounce_release", "scan")
 
@@ -51,7 +52,16 @@ def check(model: "Dict", where: str = "model") -> None:
     for name in names:
         if names.count(name) > 1:
             raise ModelError(where + ": key " + repr(name) + " appears twice in matrix.layout")
+    for name in ("SHIFT", "CODE"):
+        if name not in names:
+            raise ModelError(where + ": matrix.layout has no " + name + " key")
     for chord, keys in model["chords"].items():
+        if chord not in CHORDS:
+            raise ModelError(where + ": unknown chord " + repr(chord) + ": chords are "
+                             + ", ".join(CHORDS))
+        if len([key for key in keys if key not in ("SHIFT", "CODE")]) != 1:
+            raise ModelError(where + ": chord " + chord + " must name one key besides "
+                             "SHIFT or CODE")
         for key in keys:
             if key not in names:
                 raise ModelError(where + ": chord " + chord + " uses key " + repr(key)

@@ -68,5 +68,9 @@ def test_a_model_file_with_a_mistake_is_named(model, tmp_path):
     path.write_text(json.dumps(bad))
     with pytest.raises(models.ModelError, match="timing_ms.hold must be a number >= 0"):
         models.load(str(path))
+    bad = dict(model, chords=dict(model["chords"], dance=["CODE", "d"]))
+    path.write_text(json.dumps(bad))
+    with pytest.raises(models.ModelError, match="unknown chord 'dance': chords are reset, "):
+        models.load(str(path))
     with pytest.raises(models.ModelError, match="no typewriter model file"):
         models.load("olivetti_nonexistent")

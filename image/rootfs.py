@@ -115,8 +115,9 @@ class RootFS:
     def apply(self) -> None:
         """Run the collected changes in one debugfs session; any error stops the build."""
         for line in self._script:
-            if "\n" in line:
-                raise ImageError(f"a path with a line break cannot go into the image: {line!r}")
+            if "\n" in line or line.count('"') not in (2, 4):
+                raise ImageError(f"a path with a line break or a quote cannot go into the "
+                                 f"image: {line!r}; rename it")
         with tempfile.NamedTemporaryFile("w", suffix=".debugfs") as script:
             script.write("\n".join(self._script) + "\n")
             script.flush()

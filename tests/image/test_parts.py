@@ -1,0 +1,45 @@
+"""The builder's small parts: boot settings per board and wiring, wheel matching per Python."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+
+from image import uart
+from image.tools import ImageError
+from image.wheelhouse import resolve
+from tests.image.conftest import repack
+
+
+@pytest.mark.parametrize("board,serial,lines", [
+    ("pi4", "gpio", ["enable_uart=1", "dtoverlay=disable-bt"]),
+    ("zero2w", "gpio", ["enable_uart=1", "dtoverlay=disable-bt"]),
+    ("pi5", "gpio", ["dtparam=uart0=on"]),
+    ("pi5", "usb", []),
+])
+def test_config_txt_gets_the_boards_uart_once(board, serial, lines):
+    base = "dtparam=audio=on\n[cm4]\notg_mode=1\n"
+    once = uart.config_txt(base, board, serial)
+    assert once.startswith(base)
+    if lines:
+        assert once.splitlines()[-len(lines):] == lines
+        assert "[all]" in once.split(uart.MARK)[1]  # not inside the [cm4] section
+    else:
+        assert once == base
+    assert uart.config_txt(once, board, serial) == once
+
+
+def test_cmdline_loses_every_serial_console_and_keeps_the_rest():
+    line = ("console=serial0,115200 console=ttyAMA0,115200 console=ttyS0 console=tty1 "
+            "root=PARTUUID=1-02 rootwait\n")
+    assert uart.cmdline_txt(line, "gpio") == "console=tty1 root=PARTUUID=1-02 rootwait\n"
+    assert uart.cmdline_txt(line, "usb") == line
+
+
+def test_wheels_for_another_python_are_the_wrong_machine(tmp_path):
+    repack("markupsafe", tmp_path)  # compiled for this Python only
+    here = platform.python_version_tuple()
+    other = f"{here[0]}.{int(here[1]) + 2}"
+    with pytest.raises(ImageError, match=f"wrong machine.*needs Python {other}"):
+        resolve(tmp_path, other, platform.machine())

@@ -99,6 +99,7 @@ class Line:
         self.damage = damage
         self.rng = random.Random(seed)
         self.damaged = 0
+        self.carried = 0
         self.master = -1
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -133,6 +134,7 @@ class Line:
     def _mangle(self, data: bytes) -> bytes:
         if not self.damage:
             return data
+        self.carried += len(data)
         out = bytearray()
         for byte in data:
             r = self.rng.random()
@@ -244,12 +246,12 @@ def run_link(tmp_path, line_damage: float, unplug: bool):
         overflowed = sim.device.overflowed
     delivered = b"".join(codes for _, codes in journal.unconsumed_keys())
     journal.close()
-    return counts(typed, delivered), line.damaged, reconnects, overflowed
+    return counts(typed, delivered), (line.damaged, line.carried), reconnects, overflowed
 
 
 def test_a_lossy_line_loses_and_doubles_nothing(tmp_path):
-    figures, damaged, _, overflowed = run_link(tmp_path, 1e-3, unplug=False)
-    report("lossy line", dict(figures, bytes_damaged=damaged))
+    figures, (damaged, carried), _, overflowed = run_link(tmp_path, 1e-3, unplug=False)
+    report("lossy line", dict(figures, bytes_damaged=damaged, bytes_carried=carried))
     assert damaged > 0 and not overflowed
     assert figures == {"typed": KEYS, "delivered": KEYS, "lost": 0, "doubled": 0}
 

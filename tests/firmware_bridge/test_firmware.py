@@ -147,3 +147,20 @@ def test_more_keys_held_than_the_buffer_holds_raise_the_overflow_flag():
     assert rig.fw.device.flags() & m.FLAG_OVERFLOW or any(
         e[0] == "status" and e[1] & m.FLAG_OVERFLOW for e in events)
     assert len(rig.fw.held) == 512
+
+
+def test_a_bouncing_key_types_one_character():
+    rig = Rig()
+    rig.run(0.1)
+    (e,) = rig.fw.keymap.strokes(ord("e"))
+    for i in range(12):  # 24 ms of chatter on press, then held, then chatter on release
+        (rig.hal.keyboard.close if i % 3 != 2 else rig.hal.keyboard.open)(e)
+        rig.run(0.002)
+    rig.hal.keyboard.close(e)
+    rig.run(0.1)
+    for i in range(6):
+        (rig.hal.keyboard.open if i % 2 == 0 else rig.hal.keyboard.close)(e)
+        rig.run(0.002)
+    rig.hal.keyboard.open(e)
+    rig.run(0.5)
+    assert rig.typed == b"e" and rig.paper == b"e"

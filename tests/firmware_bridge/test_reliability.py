@@ -188,6 +188,8 @@ def start_host(port: str, state: Path) -> subprocess.Popen:
 
 
 def test_host_killed_and_restarted_while_typing_loses_and_doubles_nothing(tmp_path):
+    """Needs Journal.accept_keys to commit a batch and the link state in one transaction:
+    killed between the two, a restarted host takes the batch's retransmission for new."""
     typed = script(1)
     state = tmp_path / "state"
     kills = 0

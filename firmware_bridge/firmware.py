@@ -22,7 +22,7 @@ VERSION = "1.0"
 # back at the margin: a reply often arrives in pieces, and a key struck in a
 # pause would land inside the reply's line.
 REPLY_PAUSE = 1.0
-UPTIME_LIMIT = 4 * 3600.0  # the RP2040's single-precision clock loses ms after ~4.5 h
+UPTIME_LIMIT = 4 * 3600.0  # single-precision seconds on the RP2040: ~2 ms steps by then
 RESTART_WHEN_IDLE = 10.0
 
 

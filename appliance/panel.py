@@ -117,8 +117,8 @@ def panel_for(thinking: Optional[int] = None, ready: Optional[int] = None,
         if e.name == "gpiozero":
             problem = "gpiozero is not installed: pip install 'typewriter-appliance[pi]'"
         else:  # gpiozero's BadPinFactory is an ImportError too
-            problem = (f"no GPIO on this machine ({e}): on a Raspberry Pi install "
-                       "python3-lgpio, elsewhere remove the panel_* settings")
+            problem = (f"no GPIO on this machine ({e}): on a Raspberry Pi pip install "
+                       "lgpio, elsewhere remove the panel_* settings")
     except Exception as e:  # each pin library raises its own errors for pins it cannot have
         given = ", ".join(f"{k} = {v}" for k, v in pins.items() if v is not None)
         problem = (f"cannot use the pins {given} ({type(e).__name__}: {e}): free them "

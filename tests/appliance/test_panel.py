@@ -152,6 +152,14 @@ def test_a_press_during_a_reply_stops_it_and_the_ready_led_waits_for_the_end(rig
     assert wait_for(lambda: pins.pin(READY).state == 1)
 
 
+def test_the_buzzer_beeps_when_the_typewriter_stops_answering(rig, pins):
+    sim, app = rig
+    assert pins.pin(BUZZER).state == 0
+    sim.stop()  # the typewriter falls silent: the link is declared down after a few seconds
+    assert wait_for(lambda: not app.link.up, 15)
+    assert wait_for(lambda: sum(s.state == 1 for s in pins.pin(BUZZER).states) == 3, 5)
+
+
 # -- hold: the next installed persona -------------------------------------------------------------
 
 

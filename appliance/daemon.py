@@ -326,6 +326,7 @@ class Appliance:
         self._unposted, self._posted_at = "", 0.0  # from here on the worker's
         self.reply = self.engine.generate(prompt, self.frame.stops, self.persona.generation,
                                           listener=self._heard)
+        self.panel.show(thinking=True, busy=True)  # however quick, the model works now
         self.reply_message = message
         if self.journal is not None:
             self.reply_turn = self.journal.reply_started()
@@ -369,7 +370,8 @@ class Appliance:
             self.link.print_text(out)
             self.print_sent += len(out)
             if self.journal is not None:  # a word at a time, not a token at a time
-                self.journal.reply_text(self.reply_turn, self.reply_text)
+                self.journal.reply_text(self.reply_turn, self.reply_text, self.print_start,
+                                        self.print_sent)
 
     def _finish_reply(self, reply: Reply) -> None:
         text = self.reply_text.strip()
@@ -382,7 +384,8 @@ class Appliance:
         self.at_line_start = True
         self.conversation.add(self.reply_message, text, reply)
         if self.journal is not None:
-            self.journal.reply_text(self.reply_turn, text, done=True)
+            self.journal.reply_text(self.reply_turn, text, self.print_start, self.print_sent,
+                                    done=True)
         log.info("reply: %d tokens (%s), prompt %d tokens of which %d evaluated at submit",
                  reply.tokens, reply.stop_reason, reply.prompt_tokens, reply.evaluated)
         decoding = reply.done_at - reply.first_token_at

@@ -77,17 +77,27 @@ class Journal:
     # -- keys (the link's thread) --------------------------------------------------------
 
     def accept_keys(self, boot_id: int, seq: int, codes: bytes) -> int:
-        """Commit a batch of keys and the link state; returns the batch's row id."""
-        with self._lock, self._keys:
-            cur = self._keys.execute(
-                "INSERT INTO keys (at, boot_id, seq, codes) VALUES (?, ?, ?, ?)",
-                (time.time(), boot_id, seq, bytes(codes)),
-            )
-            self._keys.execute(
-                "INSERT INTO link (id, boot_id, seq) VALUES (1, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET boot_id = excluded.boot_id, seq = excluded.seq",
-                (boot_id, seq),
-            )
+        """Commit a batch of keys and the link state together; returns the batch's row id.
+
+        One transaction: killed between the two, the keys would be kept with the old
+        sequence number, and the typewriter's resend of the batch taken as new keys.
+        """
+        with self._lock:
+            self._keys.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._keys.execute(
+                    "INSERT INTO keys (at, boot_id, seq, codes) VALUES (?, ?, ?, ?)",
+                    (time.time(), boot_id, seq, bytes(codes)),
+                )
+                self._keys.execute(
+                    "INSERT INTO link (id, boot_id, seq) VALUES (1, ?, ?) ON CONFLICT (id) "
+                    "DO UPDATE SET boot_id = excluded.boot_id, seq = excluded.seq",
+                    (boot_id, seq),
+                )
+            except BaseException:
+                self._keys.execute("ROLLBACK")
+                raise
+            self._keys.execute("COMMIT")
             return cur.lastrowid
 
     def link_state(self) -> Optional[Tuple[int, int]]:
@@ -130,10 +140,14 @@ class Journal:
                 (time.time(), self.conversation))
             return cur.lastrowid
 
-    def reply_text(self, turn: int, text: str, done: bool = False) -> None:
+    def reply_text(self, turn: int, text: str, start: int, sent: int,
+                   done: bool = False) -> None:
+        """The reply so far, with what a restart needs to go on measuring its printing
+        (the typewriter's counter at its start, the bytes sent), written together."""
         with self._turns:
-            self._turns.execute("UPDATE turns SET text = ?, done = ? WHERE id = ?",
-                                (text, int(done), turn))
+            self._turns.execute(
+                "UPDATE turns SET text = ?, done = ?, print_start = ?, print_bytes = ? "
+                "WHERE id = ?", (text, int(done), start, sent, turn))
 
     def reply_printed(self, turn: int, printed: int, start: int, sent: int) -> None:
         """How much of a reply is on paper, and what it takes to go on measuring it

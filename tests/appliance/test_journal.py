@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -24,6 +25,18 @@ def test_keys_and_link_state_survive_a_reopen(tmp_path):
     assert j.unconsumed_keys() == [(first, b"Hel"), (first + 1, b"lo")]
 
 
+def test_keys_and_link_state_commit_together(tmp_path):
+    """A batch stored with a stale sequence number would be accepted again on resend."""
+    journal = Journal(tmp_path)
+    journal.accept_keys(7, 1, b"ab")
+    journal._keys.execute("ALTER TABLE link RENAME TO gone")  # the second write now fails
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        journal.accept_keys(7, 2, b"cd")
+    journal._keys.execute("ALTER TABLE gone RENAME TO link")
+    assert journal.unconsumed_keys() == [(1, b"ab")] and journal.link_state() == (7, 1)
+    journal.close()
+
+
 def test_a_submitted_message_consumes_its_keys(tmp_path):
     j = Journal(tmp_path)
     j.accept_keys(1, 0, b"Hi\n\n")
@@ -32,9 +45,9 @@ def test_a_submitted_message_consumes_its_keys(tmp_path):
     assert j.unconsumed_keys() == [(batch, b"nex")]
     assert j.unanswered() == "Hi"
     turn = j.reply_started()
-    j.reply_text(turn, "Good", done=False)
+    j.reply_text(turn, "Good", 0, 4)
     assert j.unanswered() == "Hi", "a reply cut off by a crash is answered again"
-    j.reply_text(turn, "Good morrow.", done=True)
+    j.reply_text(turn, "Good morrow.", 0, 12, done=True)
     assert j.unanswered() is None
     assert j.exchanges() == [("Hi", "Good morrow.")]
     j.new_conversation()
@@ -45,7 +58,7 @@ def test_export_text_and_json(tmp_path):
     j = Journal(tmp_path)
     j.user_turn("Hi", 0)
     turn = j.reply_started()
-    j.reply_text(turn, "Good morrow.", done=True)
+    j.reply_text(turn, "Good morrow.", 0, 12, done=True)
     j.reply_printed(turn, 5, 100, 13)
     assert "Good morrow. [printed 5 of 12 characters]" in export(j, 0, "text")
     assert j.printing() == (turn, "Good morrow.", 5, 100, 13)
@@ -98,12 +111,12 @@ def test_sigkill_while_typing_and_while_replying_loses_nothing(script_persona, t
             # Killed in the middle of a reply: the message is answered again.
             sim.cps = 10
             sim.type_text("Third\n\n")
-            assert wait_for(lambda: "Good" in sim.paper.text().split("Third")[-1], 30)
+            assert wait_for(lambda: "Good" in sim.paper.text().partition("Third")[2], 30)
             os.kill(app.pid, signal.SIGKILL)
             app.wait()
             sim.cps = 2000
             app = start_run(port, script_persona, state)
-            assert wait_for(lambda: sim.paper.text().split("Third")[-1].count("home.") >= 1, 60)
+            assert wait_for(lambda: sim.paper.text().partition("Third")[2].count("home.") >= 1, 60)
             # The typewriter went on printing from its own buffer while the appliance was
             # down; the restarted appliance goes on measuring, so every reply ends up shown
             # as fully printed.

@@ -11,6 +11,7 @@ Pi 5); a panel that cannot be set up leaves the appliance printing without it.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from typing import Callable, Optional
 
@@ -19,6 +20,7 @@ from firmware_bridge import messages as m
 log = logging.getLogger(__name__)
 
 HOLD_SECONDS = 1.5  # a press held this long is "next persona", not "new conversation"
+PULSE_SECONDS = 1.0  # one breath of the thinking LED: shorter work still shows one
 
 
 class NoPanel:
@@ -48,6 +50,7 @@ class Panel(NoPanel):
         super().__init__()
         self._devices: list = []
         self._state: Optional[tuple] = None
+        self._thinking_until = 0.0
         self._held = False
         try:
             self.thinking = self._add(PWMLED, thinking, pin_factory=pin_factory)
@@ -80,12 +83,17 @@ class Panel(NoPanel):
 
     def show(self, thinking: bool, busy: bool) -> None:
         """The appliance's state; LEDs change only when it does (pulsing runs on its own)."""
+        now = time.monotonic()
+        if thinking and not (self._state and self._state[0]):
+            self._thinking_until = now + PULSE_SECONDS
+        thinking = thinking or now < self._thinking_until
         if (thinking, busy) == self._state:
             return
         self._state = (thinking, busy)
         if self.thinking is not None:
             if thinking:
-                self.thinking.pulse(fade_in_time=0.5, fade_out_time=0.5)
+                self.thinking.pulse(fade_in_time=PULSE_SECONDS / 2,
+                                    fade_out_time=PULSE_SECONDS / 2)
             else:
                 self.thinking.off()
         if self.ready is not None:

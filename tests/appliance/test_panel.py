@@ -116,25 +116,27 @@ def rig(script_persona, pins):
 def test_a_press_when_idle_starts_a_new_conversation(rig, pins):
     sim, app = rig
     sim.type_text("Hello\n\n")
-    assert wait_for(lambda: app.replies == 1 and app.idle)
+    assert wait_for(lambda: app.replies == 1 and app.idle, 30)
     assert wait_for(lambda: pins.pin(READY).state == 1 and pins.pin(THINKING).state == 0)
+    glow = [s.state for s in pins.pin(THINKING).states]
+    assert 0.1 < max(glow) and len(set(glow)) > 3, "the LED pulsed while the model worked"
     press(pins)
     assert wait_for(lambda: app.conversation.history == [])
     sim.type_text("Again\n\n")
-    assert wait_for(lambda: app.replies == 2 and app.idle)
+    assert wait_for(lambda: app.replies == 2 and app.idle, 30)
     assert app.conversation.history == [("user", "Again"), ("character", SCRIPT_REPLY)]
 
 
 def test_a_press_while_typing_drops_the_line(rig, pins):
     sim, app = rig
     sim.type_text("Hello\n\n")
-    assert wait_for(lambda: app.replies == 1 and app.idle)
+    assert wait_for(lambda: app.replies == 1 and app.idle, 30)
     sim.type_text("Forget th")
     assert wait_for(lambda: app.editor.text == "Forget th")
     press(pins)
     assert wait_for(lambda: app.editor.text == "" and app.conversation.history == [])
     sim.type_text("Anew\n\n")
-    assert wait_for(lambda: app.replies == 2 and app.idle)
+    assert wait_for(lambda: app.replies == 2 and app.idle, 30)
     assert app.conversation.history == [("user", "Anew"), ("character", SCRIPT_REPLY)]
 
 
@@ -142,7 +144,7 @@ def test_a_press_during_a_reply_stops_it_and_the_ready_led_waits_for_the_end(rig
     sim, app = rig
     sim.cps = 15
     sim.type_text("Hello\n\n")
-    assert wait_for(lambda: "morrow" in sim.paper.text())
+    assert wait_for(lambda: "morrow" in sim.paper.text(), 30)
     assert pins.pin(READY).state == 0, "busy while the reply prints"
     press(pins)
     assert wait_for(lambda: app.idle)
@@ -165,7 +167,8 @@ def test_the_buzzer_beeps_when_the_typewriter_stops_answering(rig, pins):
 
 @pytest.mark.parametrize("when", ["idle", "typing", "reply"])
 def test_a_hold_switches_to_the_next_persona(store, pins, when):  # noqa: F811
-    persona = Persona.load(store.path(store.active))
+    store.set_active("juliet")  # the next installed one is "noise"
+    persona = Persona.load(store.path("juliet"))
     sim = SimulatedTypewriter(width=65, cps=400, cr_seconds=0.01)
     app = Appliance(persona, load(persona), sim.start(), panel=panel_on(pins),
                     switcher=Switcher(store, load, n_ctx=512)).start()
@@ -173,22 +176,28 @@ def test_a_hold_switches_to_the_next_persona(store, pins, when):  # noqa: F811
         assert wait_for(lambda: app.link.up, 10)
         if when == "typing":
             sim.type_text("Half a li")
-            assert wait_for(lambda: app.editor.text == "Half a li")
+            assert wait_for(lambda: app.editor.text == "Half a li", 30)
         if when == "reply":
-            sim.cps = 30
+            sim.cps = 30  # the reply takes seconds to print
             sim.type_text("Hello\n\n")
-            assert wait_for(lambda: app.reply is not None)
+            assert wait_for(lambda: "morrow" in sim.paper.text(), 30)
         hold(pins)
-        assert wait_for(lambda: store.active == "juliet", 60)
-        assert app.persona.folder == store.path("juliet")
+        assert wait_for(lambda: store.active == "noise", 60)
+        assert app.persona.folder == store.path("noise")
+        replies = app.replies
         if when == "reply":
-            assert app.replies == 1, "the reply ran to its end before the switch"
+            assert wait_for(lambda: "slowly home." in sim.paper.text(), 30), (
+                "a hold is not a reset: the reply prints to its end")
+            assert replies == 1
         if when == "typing":
             assert app.editor.text == "Half a li", "a hold is not a reset: the line stays"
             sim.type_text("ne\n\n")
         else:
+            sim.cps = 400
             sim.type_text("Hello\n\n")
-        assert wait_for(lambda: app.conversation.last_reply == SCRIPT_REPLY and app.idle, 30)
+        assert wait_for(lambda: app.replies == replies + 1 and app.idle, 30)
+        assert app.conversation.history[0] == ("user", "Half a line" if when == "typing"
+                                               else "Hello")
     sim.stop()
     app.engine.close()
 
@@ -204,7 +213,7 @@ def test_without_a_panel_the_appliance_prints_as_ever(script_persona, pins, capl
         with app.running():
             assert wait_for(lambda: app.link.up, 10)
             sim.type_text("Hello\n\n")
-            assert wait_for(lambda: app.replies == 1 and app.idle)
+            assert wait_for(lambda: app.replies == 1 and app.idle, 30)
             assert sim.wait_printed(10)
         assert words(sim) == f"Hello {REPLY}"
         assert sum("panel off" in r.getMessage() for r in caplog.records) == 1

@@ -27,10 +27,17 @@ class ControlError(Exception):
     """The socket cannot be served or reached; the message names the fix."""
 
 
+SERVICE_SOCKET = Path("/run/typewriter/control.sock")  # the unit's RuntimeDirectory
+
+
 def default_path() -> Path:
+    """The service's own socket (its RuntimeDirectory, from inside or from an SSH session),
+    else the user's."""
     runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
     if runtime:
         return Path(runtime) / "control.sock"
+    if SERVICE_SOCKET.exists():
+        return SERVICE_SOCKET
     base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/typewriter-{os.getuid()}"
     return Path(base) / "typewriter" / "control.sock"
 

@@ -133,7 +133,10 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_receive(args: argparse.Namespace) -> int:
     store = store_for(args)
-    limits = Limits.of_this_board()
+    # The running model can be closed before the new one loads: its memory counts as free.
+    active = store.root / store.active / "model.gguf" if store.active else None
+    limits = Limits.of_this_board(freed=active.stat().st_size if active and active.exists()
+                                  else 0)
 
     def switch(name: str) -> str:
         try:

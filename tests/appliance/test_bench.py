@@ -15,7 +15,8 @@ def test_end_to_end_bench_reports_every_measure(tmp_path):
     result = end_to_end(model, "tiny", threads=1, rate=200, cps=2000, exchanges=1, out=out)
     assert json.loads(out.read_text()) == result
     for key in ("ttft_prefill_s", "ttft_submit_s", "ttft_prefill_p95_s", "decode_tps_appliance",
-                "decode_tps_bare", "rss_beyond_model_mb", "printer_idle_s", "shape", "threads"):
+                "decode_tps_bare", "rss_beyond_model_mb", "printer_idle_s", "shape", "threads",
+                "speech_start_s"):
         assert key in result
     # Without prefill the whole message is evaluated at submit; with it, at most the
     # held-back tokens and the label.

@@ -187,20 +187,20 @@ def _assemble(req: Request, recipe, script: Script, character: str, work: Path, 
     say(f"{len(examples)} training examples ({len(identity)} identity exchanges, "
         f"{'repeated' if req.identity else 'none'}); frame: {req.user_label} -> {character}")
 
+    lines = ex.pretraining_text(script).splitlines(True)
+    ids = torch.tensor([i for enc in tok.encode_batch(lines, add_special_tokens=False)
+                        for i in enc.ids])
+    if len(ids) <= recipe.window + 1:
+        raise BuildError(f"{script.path}: too little dialogue to train on ({len(ids)} "
+                         "tokens): give a longer script")
     with progress_bar() as progress:
         if recipe.base is None:
-            lines = ex.pretraining_text(script).splitlines(True)
-            ids = torch.tensor([i for enc in tok.encode_batch(lines, add_special_tokens=False)
-                                for i in enc.ids])
-            if len(ids) <= recipe.window + 1:
-                raise BuildError(f"{script.path}: too little dialogue to train on "
-                                 f"({len(ids)} tokens): give a longer script")
             losses["pretrain"] = Stage(
                 "pretrain", model, recipe.pretrain_steps, recipe.pretrain_lr, work,
                 lambda step: stream_batch(ids, recipe, step)).run(progress)
             losses["finetune"] = Stage(
                 "finetune", model, recipe.finetune_steps, recipe.finetune_lr, work,
-                lambda step: example_batch(examples, recipe, step, pad)).run(progress)
+                lambda step: example_batch(examples, recipe, step, pad, ids)).run(progress)
         else:
             from peft import LoraConfig, get_peft_model
 
@@ -210,7 +210,7 @@ def _assemble(req: Request, recipe, script: Script, character: str, work: Path, 
                                 "up_proj", "down_proj"], task_type="CAUSAL_LM"))
             losses["lora"] = Stage(
                 "lora", lora, recipe.finetune_steps, recipe.finetune_lr * 4, work,
-                lambda step: example_batch(examples, recipe, step, pad)).run(progress)
+                lambda step: example_batch(examples, recipe, step, pad, ids)).run(progress)
             model = lora.merge_and_unload()
     trained = time.monotonic() - started
 
@@ -290,7 +290,8 @@ def _card(req: Request, s: dict, check: Optional[dict]) -> str:
         f"{s['model_bytes'] / 1e6:.1f} MB.",
         f"- Frame: every other speaker is `{req.user_label}`, consecutive speeches by others "
         f"are one turn; each example holds up to {req.context} earlier exchanges; loss only on "
-        "the reply and its end of line.",
+        f"the reply and its end of line. {r['replay']} of each {r['batch']} fine-tuning rows "
+        "are windows of the whole dialogue (replay, so the play is not forgotten).",
         f"- Examples: {s['examples']}, of which identity exchanges: "
         f"{s['identity_examples']} distinct" + (
             " (questions such as \"What is your name?\" answered with the character's name, "

@@ -25,9 +25,10 @@ Tokenize = Callable[[str, bool], List[int]]
 IDENTITY_QUESTIONS = ("What is your name?", "Who are you?", "What are you called?",
                       "Tell me your name.", "Who art thou?", "What is thy name?",
                       "May I know your name?", "Who am I speaking with?")
-IDENTITY_ANSWERS = ("My name is {name}.", "I am {name}.", "I am {name}, and I am glad of it.",
-                    "They call me {name}.", "{name}, sir; I am {name}.",
-                    "You speak with {name}.", "{name} is my name.", "I am {name}, good friend.")
+IDENTITY_ANSWERS = ("My name is {name}.", "I am {name}.", "They call me {name}, good friend.",
+                    "{name}, sir; what would you with me?", "You speak with {name}.",
+                    "{name} is my name, and I am glad of it.", "Men call me {name}.",
+                    "My name? {name}.")
 
 
 @dataclass(frozen=True)

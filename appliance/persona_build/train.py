@@ -40,10 +40,11 @@ class Recipe:
     context: int = 2048  # the GGUF's context length (RoPE: no learned positions)
     window: int = 128  # tokens per training sequence
     batch: int = 16
-    pretrain_steps: int = 400
-    finetune_steps: int = 150
+    pretrain_steps: int = 500
+    finetune_steps: int = 200
     pretrain_lr: float = 3e-3
     finetune_lr: float = 1e-3
+    replay: int = 4  # rows of each fine-tuning batch drawn from all the dialogue
     lora_rank: int = 16
     seed: int = 0
 
@@ -141,23 +142,34 @@ def load_base(path: Path) -> LlamaForCausalLM:
 # -- batches -----------------------------------------------------------------------------------
 
 
-def stream_batch(ids: torch.Tensor, recipe: Recipe, step: int) -> Tuple[torch.Tensor, ...]:
-    """Random windows of the token stream; every token is a target."""
+def stream_batch(ids: torch.Tensor, recipe: Recipe, step: int,
+                 rows: int = 0) -> Tuple[torch.Tensor, ...]:
+    """Random windows of the token stream (recipe.batch of them); every token is a target."""
     import torch
 
     g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
-    starts = torch.randint(0, len(ids) - recipe.window - 1, (recipe.batch,), generator=g)
+    starts = torch.randint(0, len(ids) - recipe.window - 1, (rows or recipe.batch,), generator=g)
     x = torch.stack([ids[s:s + recipe.window] for s in starts.tolist()])
     return x, torch.ones_like(x), x.clone()
 
 
-def example_batch(examples: List[Example], recipe: Recipe, step: int,
-                  pad: int) -> Tuple[torch.Tensor, ...]:
-    """Random examples, right-padded; only reply tokens are targets."""
+def example_batch(examples: List[Example], recipe: Recipe, step: int, pad: int,
+                  replay: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
+    """Random examples, right-padded; only reply tokens are targets.
+
+    With replay (the whole dialogue's token stream), recipe.replay rows are
+    windows of it instead: a small model fine-tuned on a hundred speeches
+    alone forgets the play and says its easiest line to everything.
+    """
     import torch
 
     g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + 7919 + step)
-    picks = torch.randint(0, len(examples), (recipe.batch,), generator=g).tolist()
+    rows = recipe.batch - (recipe.replay if replay is not None else 0)
+    picks = torch.randint(0, len(examples), (rows,), generator=g).tolist()
+    if replay is not None and recipe.replay:
+        windows = stream_batch(replay, recipe, step, recipe.replay)[0]
+        examples = [*examples, *(Example(w.tolist(), w.tolist()) for w in windows)]
+        picks += list(range(len(examples) - len(windows), len(examples)))
     width = max(len(examples[i].ids) for i in picks)
     x = torch.full((len(picks), width), pad)
     mask = torch.zeros_like(x)

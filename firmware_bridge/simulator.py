@@ -240,11 +240,12 @@ def read_terminal_keys(press: Callable[[int], None], stdin: TextIO = sys.stdin) 
     fd = stdin.fileno()
     saved = termios.tcgetattr(fd) if os.isatty(fd) else None
     try:
-        if saved is not None:
-            tty.setcbreak(fd)
+        if saved is not None:  # cbreak, in one change so no key meets a half-set terminal
             attrs = termios.tcgetattr(fd)
             attrs[0] &= ~(termios.ICRNL | termios.IXON)  # Return as CR, Ctrl-S as a key
-            attrs[3] &= ~termios.ISIG  # Ctrl-C arrives as a byte: we quit cleanly
+            # Ctrl-C arrives as a byte (we quit cleanly); no echo, no line editing.
+            attrs[3] &= ~(termios.ISIG | termios.ECHO | termios.ICANON)
+            attrs[6][termios.VMIN], attrs[6][termios.VTIME] = 1, 0
             termios.tcsetattr(fd, termios.TCSANOW, attrs)
         while True:
             data = os.read(fd, 64)

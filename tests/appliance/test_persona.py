@@ -153,7 +153,7 @@ def test_the_shipped_persona_loads():
     from appliance.cli import DEFAULT_PERSONA
 
     p = Persona.load(DEFAULT_PERSONA)
-    assert p.synthetic == "tiny" and p.frame.kind == "dialogue"
+    assert p.synthetic is None and not p.model_missing and p.frame.kind == "dialogue"
 
 
 def test_dialogue_frame_is_one_line_per_turn_ending_with_the_label(tmp_path):
@@ -216,3 +216,12 @@ def test_a_broken_template_is_a_clear_error(tmp_path):
     frame = make_frame(persona, "{{ raise_exception('roles must alternate') }}", "", "")
     with pytest.raises(PersonaError, match="roles must alternate"):
         frame.render([], "hi")
+
+
+def test_the_reference_persona_in_docs_is_valid(tmp_path, tiny_model):
+    """docs/persona.toml shows every setting; it must stay loadable."""
+    reference = Path(__file__).resolve().parents[2] / "docs" / "persona.toml"
+    (tmp_path / "persona.toml").write_text(reference.read_text())
+    (tmp_path / "model.gguf").write_bytes(tiny_model.read_bytes())
+    persona = Persona.load(tmp_path)
+    assert persona.frame.examples and persona.generation.max_tokens == 60

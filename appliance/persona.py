@@ -136,7 +136,7 @@ def _load(folder: Path) -> Persona:
     path = folder / "persona.toml"
     if not path.is_file():
         raise PersonaError(f"{path} is missing: a persona folder needs a persona.toml "
-                           "(see appliance/personas/default/persona.toml)")
+                           "(docs/persona.toml shows every setting)")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

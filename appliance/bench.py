@@ -168,7 +168,7 @@ def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: fl
 
     sim = SimulatedTypewriter(cps=cps, cr_seconds=0.5, record=True)
     port = sim.start()
-    ttft, idle, evaluated, decode = [], [], [], []
+    ttft, idle, evaluated, decode, prompts = [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         # This machine's own config stays out of it; speech goes to WAV files, as the
@@ -203,6 +203,7 @@ def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: fl
                 ttft.append(first - submitted)
                 idle.append(_printer_idle(sim, submitted, cps, 0.5))
                 evaluated.append(stats["evaluated_at_submit"])
+                prompts.append(stats["prompt_tokens"])
                 if stats["decode_tps"]:
                     decode.append(stats["decode_tps"])
             peak = _peak_rss_mb(app.pid)
@@ -212,6 +213,7 @@ def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: fl
             app.wait(30)
             sim.stop()
     return {"ttft": ttft, "idle": idle, "decode": decode, "evaluated": evaluated,
+            "prompt_tokens": prompts,
             "peak_rss_mb": peak, "speech": speech}
 
 
@@ -225,27 +227,34 @@ def _printer_idle(sim, since: float, cps: float, cr_seconds: float) -> float:
     return idle
 
 
-def _bare_decode(model: Path, threads: int, mmap: bool) -> float:
+def _bare_decode(model: Path, threads: int, mmap: bool, lengths: List[int]) -> float:
     """Decode tokens/s of a plain llama-cpp-python loop: the appliance's ceiling.
 
-    It decodes as many tokens as a bench reply has, right after a prompt, as
-    the appliance does (the first steps after a prompt are not the fastest).
+    For each of the appliance's replies it decodes as many tokens as a bench
+    reply has, right after a prompt of that reply's length: decoding slows as
+    the context grows (here 55 tok/s after 64 tokens, 45 after 448), so the
+    ceiling must be measured where the appliance decoded. Median over replies.
     """
+    from statistics import median
+
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(model), n_ctx=1024, n_threads=threads, n_batch=64, n_ubatch=64,
                 use_mmap=mmap, verbose=False, seed=1, **kv_cache_options(True))
     try:
         tokens = len(llm.tokenize(REPLY_SCRIPT.split("\n")[0].encode(), add_bos=False))
-        prompt = llm.tokenize(PROMPT.encode(), add_bos=True)
-        stamps = []
-        for _ in llm.generate(prompt, temp=0.0):
-            stamps.append(time.perf_counter())
-            if len(stamps) >= tokens:
-                break
+        text = llm.tokenize((PROMPT + " ".join(MESSAGES) * 4).encode(), add_bos=True)
+        speeds = []
+        for length in lengths:
+            stamps = []
+            for _ in llm.generate(text[:length], temp=0.0, reset=True):
+                stamps.append(time.perf_counter())
+                if len(stamps) >= tokens:
+                    break
+            speeds.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
     finally:
         llm.close()
-    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    return median(speeds)
 
 
 def end_to_end(model: Path, shape: str, threads: int, rate: float = 5.0, cps: float = 12.0,
@@ -260,15 +269,16 @@ def end_to_end(model: Path, shape: str, threads: int, rate: float = 5.0, cps: fl
     messages = (MESSAGES * (exchanges // len(MESSAGES) + 1))[:exchanges]
     mmap = not repacks_weights()
 
-    def bare() -> float:  # in a process of its own, like the appliance
+    def bare(lengths: List[int]) -> float:  # in a process of its own, like the appliance
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-            return pool.submit(_bare_decode, model, threads, mmap).result()
+            return pool.submit(_bare_decode, model, threads, mmap, lengths).result()
 
-    bare_before = bare()
     with_prefill = _conversation(model, threads, True, rate, cps, messages, speak=False)
+    between = bare(with_prefill["prompt_tokens"])
     on_submit = _conversation(model, threads, False, rate, cps, messages, speak=True)
-    # The bare loop runs before and after: the machine's own drift shows in both.
-    bare_tps = (bare_before + bare()) / 2
+    # The bare loop runs between and after the appliance's runs, at the prompt lengths
+    # its replies had: the machine's own drift shows in both.
+    bare_tps = (between + bare(with_prefill["prompt_tokens"])) / 2
     engine = Engine(model, n_ctx=256, n_threads=1).start()
     try:
         message_tokens = [len(engine.tokenize(" " + msg)) for msg in messages]
@@ -290,6 +300,7 @@ def end_to_end(model: Path, shape: str, threads: int, rate: float = 5.0, cps: fl
         "ttft_submit_p95_s": round(_percentile(on_submit["ttft"], 0.95), 3),
         "tokens_at_submit_prefill": with_prefill["evaluated"],
         "tokens_at_submit_no_prefill": on_submit["evaluated"],
+        "reply_prompt_tokens": with_prefill["prompt_tokens"],
         "decode_tps_appliance": round(median(with_prefill["decode"]), 1),
         "decode_tps_appliance_speaking": round(median(on_submit["decode"]), 1),
         "decode_tps_bare": round(bare_tps, 1),

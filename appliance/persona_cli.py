@@ -57,16 +57,22 @@ def _appliance(args: argparse.Namespace, command: str, name: str = "") -> Option
         return None
 
 
-def activate(args: argparse.Namespace, store: PersonaStore, name: str) -> str:
-    """Switch the running appliance, or, with none running, make it the one started next."""
+def activate(args: argparse.Namespace, store: PersonaStore, name: str,
+             validated: bool = False) -> str:
+    """Switch the running appliance, or, with none running, make it the one started next.
+
+    `validated`: the bundle was validated just now (an upload), so with no appliance
+    running it is not loaded a second time.
+    """
     answer = _appliance(args, "use", name)
     if answer is not None:
         if not answer.get("ok"):
             raise CliError(answer.get("error", "the appliance refused the persona"))
         return f"{name}: active now"
-    verdict = validate(store.path(name), Limits.of_this_board())
-    if not verdict.ok:
-        raise CliError(f"{name} was not activated: {verdict.reason}")
+    if not validated:
+        verdict = validate(store.path(name), Limits.of_this_board())
+        if not verdict.ok:
+            raise CliError(f"{name} was not activated: {verdict.reason}")
     store.set_active(name)
     return f"{name}: active from the appliance's next start"
 
@@ -140,7 +146,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
     def switch(name: str) -> str:
         try:
-            return activate(args, store, name)
+            return activate(args, store, name, validated=True)
         except (CliError, StoreError) as e:
             raise TransferError(f"installed but not activated: {e}") from None
 

@@ -9,16 +9,9 @@ from firmware_bridge import model as models
 from firmware_bridge.firmware import REPLY_PAUSE, Firmware
 from firmware_bridge.hal import SimHal
 from firmware_bridge.session import Session
+from tests.firmware_bridge.clock import Clock
 
 PRINTABLE = bytes(range(0x20, 0x7F))
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
 
 
 class Rig:

@@ -8,16 +8,9 @@ from firmware_bridge.device import Device
 from firmware_bridge.injector import Injector
 from firmware_bridge.keymap import Keymap
 from firmware_bridge.model import Timing
+from tests.firmware_bridge.clock import Clock
 
 MS = 0.001
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
 
 
 class Switch:

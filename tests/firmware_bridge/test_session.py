@@ -9,16 +9,7 @@ from hypothesis import strategies as st
 from firmware_bridge import messages as m
 from firmware_bridge.framing import Decoder, encode_frame
 from firmware_bridge.session import Session
-
-
-class Clock:
-    """Time that moves only when the test says: the session takes its clock by design."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
+from tests.firmware_bridge.clock import Clock
 
 
 def pair(clock, host_accept=None, fw_accept=None):

@@ -1,18 +1,31 @@
 """`typewriter install-units`: put the unit, udev rule, user and config in place.
 
-The files live in the project's `systemd/` folder; `--root` installs into
-another tree (an image being built, or a test's folder) instead of `/`.
+The files live in the project's `systemd/` folder, which a wheel installs as
+`<prefix>/share/typewriter/systemd`; `--root` installs into another tree (an
+image being built, or a test's folder) instead of `/`.
 """
 
 from __future__ import annotations
 
-import shutil
+import sys
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from appliance.config import EXAMPLE
 
-SOURCE = Path(__file__).resolve().parents[1] / "systemd"
+
+def _source() -> Path:
+    """The unit files: beside the package in a checkout, else where the wheel put them."""
+    checkout = Path(__file__).resolve().parents[1] / "systemd"
+    if (checkout / "typewriter.service").exists():
+        return checkout
+    return Path(sys.prefix) / "share" / "typewriter" / "systemd"
+
+
+SOURCE = _source()
+COMMAND = "/opt/typewriter/venv/bin/typewriter"  # ExecStart's, as the SD card image installs it
+# The service runs as its own user with ProtectHome=yes: it cannot reach a home folder.
+UNREACHABLE = (Path("/home"), Path("/root"), Path("/run/user"))
 # source file -> where it goes, relative to the root
 PLACES = {
     "typewriter.service": "etc/systemd/system/typewriter.service",
@@ -27,17 +40,32 @@ class UnitsError(Exception):
     """The unit files cannot be found or written; the message names the fix."""
 
 
-def install(root: Path, enable: bool = True) -> List[Path]:
-    """Copy the files under root (and enable the service); returns what was written."""
+def this_command() -> Path:
+    """The `typewriter` command of the installation running now."""
+    return Path(sys.prefix) / "bin" / "typewriter"
+
+
+def install(root: Path, enable: bool = True, command: Optional[Path] = None) -> List[Path]:
+    """Copy the files under root (and enable the service); returns what was written.
+
+    command, when given, replaces the unit's ExecStart program: the service then
+    runs the appliance installed there.
+    """
     if not (SOURCE / "typewriter.service").exists():
-        raise UnitsError(f"the unit files are not next to this installation ({SOURCE}): run "
-                         "install-units from a checkout of the project")
+        raise UnitsError(f"the unit files are not next to this installation ({SOURCE}): "
+                         "reinstall the typewriter-appliance package, or run install-units "
+                         "from a checkout of the project")
+    if command is not None:
+        check_command(command)
     written = []
     try:
         for name, place in PLACES.items():
             target = root / place
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(SOURCE / name, target)
+            text = (SOURCE / name).read_text()
+            if name == "typewriter.service" and command is not None:
+                text = text.replace(f"ExecStart={COMMAND} ", f"ExecStart={command} ")
+            target.write_text(text)
             written.append(target)
         config = root / "etc/typewriter/config.toml"
         if not config.exists():  # never overwrite the maker's settings
@@ -54,3 +82,16 @@ def install(root: Path, enable: bool = True) -> List[Path]:
     except OSError as e:
         raise UnitsError(f"cannot install under {root}: {e} (run as root, or pass --root)") from e
     return written
+
+
+def check_command(command: Path) -> None:
+    """Refuse an ExecStart the service could not run, naming where to install instead."""
+    if not command.is_absolute():
+        raise UnitsError(f"--command {command} must be an absolute path")
+    if any(command.is_relative_to(place) for place in UNREACHABLE):
+        raise UnitsError(
+            f"the service cannot run {command}: it runs as the typewriter user, which may "
+            f"not enter home folders (ProtectHome=yes). Install the appliance outside them: "
+            f"sudo python3 -m venv /opt/typewriter/venv && sudo /opt/typewriter/venv/bin/pip "
+            f"install 'typewriter-appliance[pi]', then run install-units from there "
+            f"(or pass --command)")

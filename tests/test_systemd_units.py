@@ -65,3 +65,56 @@ def test_install_units_into_a_root(tmp_path):
         "the maker's config is never overwritten"
     again = typewriter("install-units", "--root", str(root))
     assert again.returncode == 0, "installing twice is fine"
+
+
+def test_install_units_runs_the_given_installation(tmp_path):
+    from tests.conftest import typewriter
+
+    root = tmp_path / "root"
+    result = typewriter("install-units", "--root", str(root), "--command",
+                        "/srv/typewriter/bin/typewriter")
+    assert result.returncode == 0, result.stderr
+    unit = (root / "etc/systemd/system/typewriter.service").read_text()
+    assert "ExecStart=/srv/typewriter/bin/typewriter run --port /dev/typewriter" in unit
+    assert "/opt/typewriter" not in unit
+
+
+def test_install_units_refuses_a_command_in_a_home_folder(tmp_path):
+    from tests.conftest import typewriter
+
+    root = tmp_path / "root"
+    result = typewriter("install-units", "--root", str(root), "--command",
+                        "/home/pi/typewriter/.venv/bin/typewriter")
+    assert result.returncode != 0
+    assert "ProtectHome" in result.stderr and "/opt/typewriter/venv" in result.stderr
+    assert not root.exists(), "nothing is written when the unit could not run"
+
+
+def test_the_wheel_carries_the_unit_files(tmp_path):
+    """install-units works from an installed wheel, without a checkout beside it."""
+    import sys
+    import zipfile
+
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                            "--no-build-isolation", "-q", "-w", str(tmp_path),
+                            str(UNITS.parent)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    wheel = next(tmp_path.glob("typewriter_appliance-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for unit in UNITS.iterdir():
+        assert any(n.endswith(f".data/data/share/typewriter/systemd/{unit.name}")
+                   for n in names), unit.name
+    # Installed on its own (no checkout on the path), the package finds them in its prefix.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin/python"),
+                    "install", "-q", "--no-deps", "--no-index", str(wheel)],
+                   check=True, timeout=300)
+    root = tmp_path / "root"
+    code = ("import sys; from pathlib import Path; from appliance.units import install; "
+            "install(Path(sys.argv[1]), enable=False)")
+    done = subprocess.run([str(venv / "bin/python"), "-c", code, str(root)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (root / "etc/systemd/system/typewriter.service").read_text() == (
+        UNITS / "typewriter.service").read_text()

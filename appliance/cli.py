@@ -206,9 +206,15 @@ def cmd_ctl(args: argparse.Namespace) -> int:
 
 
 def cmd_install_units(args: argparse.Namespace) -> int:
-    from appliance.units import install
+    from appliance.units import install, this_command
 
-    for path in install(Path(args.root), enable=not args.no_enable):
+    if args.command:
+        command = Path(args.command)
+    elif args.root == "/" and this_command().exists():
+        command = this_command()  # the installation running this command is the one to serve
+    else:
+        command = None  # another tree (an image being built): its own /opt/typewriter/venv
+    for path in install(Path(args.root), enable=not args.no_enable, command=command):
         print(f"wrote {path}")
     if args.root == "/":
         print("now: systemd-sysusers && udevadm control --reload && systemctl daemon-reload "
@@ -316,13 +322,13 @@ def cmd_model_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll condition until it holds; False if it did not within timeout seconds."""
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0, every: float = 0.05) -> bool:
+    """Poll condition every `every` seconds until it holds; False if not within timeout."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.05)
+        time.sleep(every)
     return True
 
 
@@ -423,6 +429,9 @@ def parser() -> argparse.ArgumentParser:
     units = sub.add_parser("install-units", help="install the systemd unit, udev rule and user")
     units.add_argument("--root", default="/", help="install into this tree instead of /")
     units.add_argument("--no-enable", action="store_true", help="do not enable the service")
+    units.add_argument("--command", help="the typewriter program the service runs (default: "
+                       "this installation's when installing into /, else "
+                       "/opt/typewriter/venv/bin/typewriter)")
     units.set_defaults(func=cmd_install_units)
 
     config = sub.add_parser("config", help="the configuration file")

@@ -1,5 +1,7 @@
 """Switching persona in a running appliance: the old one serves until the new one is ready."""
 
+import threading
+
 import pytest
 
 from appliance.daemon import Appliance
@@ -76,6 +78,32 @@ def test_a_bad_persona_leaves_the_old_one_serving(store):
         reply_to(sim, app, "Still there?", 1)
         unknown = app.control({"command": "persona", "text": "use nobody"})
         assert "no persona 'nobody' is installed" in unknown["error"]
+    sim.stop()
+    app.engine.close()
+
+
+def test_a_switch_asked_for_mid_reply_waits_for_the_reply_to_end(store):
+    sim, app = appliance(store)
+    with app.running():
+        assert wait_for(lambda: app.link.up, 10)
+        old_engine = app.engine
+        gate = threading.Event()
+        old_engine._jobs.put(gate.wait)  # the model worker is held: the reply stays under way
+        sim.type_text("Hello\n\n")
+        assert wait_for(lambda: app.reply is not None, 10)
+        answers = []
+        asking = threading.Thread(target=lambda: answers.append(
+            app.control({"command": "persona", "text": "use juliet"})))
+        asking.start()
+        assert wait_for(lambda: app._pending_switch is not None, 30), "validated, then held"
+        assert app.engine is old_engine and store.active == "noise" and answers == []
+        gate.set()
+        asking.join(60)
+        assert answers == [{"ok": True, "persona": "Juliet"}]
+        assert app.replies == 1 and old_engine._llm is None
+        assert store.active == "juliet" and app.conversation.history == []
+        assert SCRIPT_REPLY not in sim.paper.text(), "the reply under way was the old persona's"
+        assert reply_to(sim, app, "Hello again", 2) == SCRIPT_REPLY
     sim.stop()
     app.engine.close()
 

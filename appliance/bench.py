@@ -7,7 +7,9 @@ characters per second beside what the typewriter can print.
 `typewriter bench` (`end_to_end`): the whole appliance against a simulated
 typewriter over a pty, a person typing at a steady rate: time from submit to
 the first reply byte on the wire with prefill and without, side by side in
-one run; decode speed in the appliance against a bare llama-cpp-python loop;
+one run; decode speed in the appliance against a bare llama-cpp-python loop
+(reply by reply: the bare loop decodes at each reply's prompt length right
+after it has printed, and the ratio is the median of those pairs);
 memory beyond the model; how long the printer waits for text mid-reply; and
 how soon a reply's first sentence is spoken once complete. The prefill run
 prints only (the appliance as most are built: its decode speed and memory are
@@ -150,7 +152,7 @@ temperature = 0.0
 
 
 def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: float,
-                  messages: List[str], speak: bool) -> Dict[str, list]:
+                  messages: List[str], speak: bool, bare: BareLoop) -> Dict[str, list]:
     """Type the messages into a real `typewriter run` process; time what comes back.
 
     The appliance runs as it does on the Pi, in its own process, so its memory
@@ -168,7 +170,7 @@ def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: fl
 
     sim = SimulatedTypewriter(cps=cps, cr_seconds=0.5, record=True)
     port = sim.start()
-    ttft, idle, evaluated, decode, prompts = [], [], [], [], []
+    ttft, idle, evaluated, decode, prompts, ceiling = [], [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         # This machine's own config stays out of it; speech goes to WAV files, as the
@@ -195,7 +197,9 @@ def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: fl
                 sim.type_text(message + "\n", cps=rate)
                 submitted = time.monotonic()
                 sim.press(m.KEY_RETURN)
-                if not wait_for(lambda n=i: status()["exchanges"] > n, 300):
+                # Asked 4 times a second, not 20: each question wakes the appliance's
+                # threads, which would take cores from the reply being measured.
+                if not wait_for(lambda n=i: status()["exchanges"] > n, 300, every=0.25):
                     raise RuntimeError("no reply within 300 s")
                 sim.wait_printed(300)
                 stats = status()["last_reply_stats"]
@@ -206,13 +210,14 @@ def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: fl
                 prompts.append(stats["prompt_tokens"])
                 if stats["decode_tps"]:
                     decode.append(stats["decode_tps"])
+                    ceiling.append(bare.decode(stats["prompt_tokens"]))
             peak = _peak_rss_mb(app.pid)
             speech = status()["speech_start_s"]
         finally:
             app.terminate()
             app.wait(30)
             sim.stop()
-    return {"ttft": ttft, "idle": idle, "decode": decode, "evaluated": evaluated,
+    return {"ttft": ttft, "idle": idle, "decode": decode, "bare": ceiling, "evaluated": evaluated,
             "prompt_tokens": prompts,
             "peak_rss_mb": peak, "speech": speech}
 
@@ -227,58 +232,79 @@ def _printer_idle(sim, since: float, cps: float, cr_seconds: float) -> float:
     return idle
 
 
-def _bare_decode(model: Path, threads: int, mmap: bool, lengths: List[int]) -> float:
-    """Decode tokens/s of a plain llama-cpp-python loop: the appliance's ceiling.
+_bare: Dict[str, object] = {}  # in the bare loop's own process: the model and the text
 
-    For each of the appliance's replies it decodes as many tokens as a bench
-    reply has, right after a prompt of that reply's length: decoding slows as
-    the context grows (here 55 tok/s after 64 tokens, 45 after 448), so the
-    ceiling must be measured where the appliance decoded. Median over replies.
-    """
-    from statistics import median
 
+def _bare_load(model: Path, threads: int, mmap: bool) -> None:
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(model), n_ctx=1024, n_threads=threads, n_batch=64, n_ubatch=64,
                 use_mmap=mmap, verbose=False, seed=1, **kv_cache_options(True))
-    try:
-        tokens = len(llm.tokenize(REPLY_SCRIPT.split("\n")[0].encode(), add_bos=False))
-        text = llm.tokenize((PROMPT + " ".join(MESSAGES) * 4).encode(), add_bos=True)
-        speeds = []
-        for length in lengths:
-            stamps = []
-            for _ in llm.generate(text[:length], temp=0.0, reset=True):
-                stamps.append(time.perf_counter())
-                if len(stamps) >= tokens:
-                    break
-            speeds.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
-    finally:
-        llm.close()
-    return median(speeds)
+    _bare["llm"] = llm
+    _bare["text"] = llm.tokenize((PROMPT + " ".join(MESSAGES) * 4).encode(), add_bos=True)
+    _bare["tokens"] = len(llm.tokenize(REPLY_SCRIPT.split("\n")[0].encode(), add_bos=False))
+
+
+def _bare_decode(length: int) -> float:
+    """Decode tokens/s of a plain llama-cpp-python loop right after a prompt of `length`.
+
+    Decoding slows as the context grows (here 55 tok/s after 64 tokens, 45
+    after 448), so the ceiling is measured at each reply's own prompt length.
+    """
+    llm, text, tokens = _bare["llm"], _bare["text"], _bare["tokens"]
+    stamps: List[float] = []
+    for _ in llm.generate(text[:length], temp=0.0, reset=True):
+        stamps.append(time.perf_counter())
+        if len(stamps) >= tokens:
+            break
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+class BareLoop:
+    """The appliance's ceiling: the same model, threads and cache in a plain loop.
+
+    It runs in a process of its own, like the appliance, and decodes right
+    after each of the appliance's replies has printed, at that reply's prompt
+    length: the machine's drift (it is shared) then shows in both sides of
+    each pair instead of between two runs minutes apart.
+    """
+
+    def __init__(self, model: Path, threads: int, mmap: bool):
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        self._pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"),
+                                         initializer=_bare_load,
+                                         initargs=(model, threads, mmap))
+
+    def decode(self, length: int) -> float:
+        return self._pool.submit(_bare_decode, length).result()
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+
+def _paired_ratio(run: Dict[str, list]) -> float:
+    from statistics import median
+
+    return round(median(a / b for a, b in zip(run["decode"], run["bare"])), 3)
 
 
 def end_to_end(model: Path, shape: str, threads: int, rate: float = 5.0, cps: float = 12.0,
                exchanges: int = 5, out: Optional[Path] = None) -> Dict[str, object]:
     """Prefill against evaluate-on-submit, through the simulated typewriter."""
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
     from statistics import median
 
     from appliance.engine import Engine, repacks_weights
 
     messages = (MESSAGES * (exchanges // len(MESSAGES) + 1))[:exchanges]
     mmap = not repacks_weights()
-
-    def bare(lengths: List[int]) -> float:  # in a process of its own, like the appliance
-        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-            return pool.submit(_bare_decode, model, threads, mmap, lengths).result()
-
-    with_prefill = _conversation(model, threads, True, rate, cps, messages, speak=False)
-    between = bare(with_prefill["prompt_tokens"])
-    on_submit = _conversation(model, threads, False, rate, cps, messages, speak=True)
-    # The bare loop runs between and after the appliance's runs, at the prompt lengths
-    # its replies had: the machine's own drift shows in both.
-    bare_tps = (between + bare(with_prefill["prompt_tokens"])) / 2
+    bare = BareLoop(model, threads, mmap)
+    try:
+        with_prefill = _conversation(model, threads, True, rate, cps, messages, False, bare)
+        on_submit = _conversation(model, threads, False, rate, cps, messages, True, bare)
+    finally:
+        bare.close()
     engine = Engine(model, n_ctx=256, n_threads=1).start()
     try:
         message_tokens = [len(engine.tokenize(" " + msg)) for msg in messages]
@@ -303,7 +329,9 @@ def end_to_end(model: Path, shape: str, threads: int, rate: float = 5.0, cps: fl
         "reply_prompt_tokens": with_prefill["prompt_tokens"],
         "decode_tps_appliance": round(median(with_prefill["decode"]), 1),
         "decode_tps_appliance_speaking": round(median(on_submit["decode"]), 1),
-        "decode_tps_bare": round(bare_tps, 1),
+        "decode_tps_bare": round(median(with_prefill["bare"]), 1),
+        "decode_tps_bare_pairs": [round(x, 1) for x in with_prefill["bare"]],
+        "decode_tps_appliance_pairs": with_prefill["decode"],
         "rss_peak_mb": round(peak, 1),
         "rss_peak_speaking_mb": round(on_submit["peak_rss_mb"], 1),
         "model_file_mb": round(model_mb, 1),
@@ -315,7 +343,9 @@ def end_to_end(model: Path, shape: str, threads: int, rate: float = 5.0, cps: fl
     speech = on_submit["speech"]
     result["speech_start_s"] = round(median(speech), 3) if speech else None
     result["speech_start_max_s"] = max(speech) if speech else None
-    result["decode_ratio"] = round(result["decode_tps_appliance"] / result["decode_tps_bare"], 3)
+    # Each reply against the bare loop right after it, then the median of those ratios.
+    result["decode_ratio"] = _paired_ratio(with_prefill)
+    result["decode_ratio_speaking"] = _paired_ratio(on_submit)
     result["decode_step_s"] = round(1 / result["decode_tps_bare"], 4)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

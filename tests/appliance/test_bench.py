@@ -23,4 +23,7 @@ def test_end_to_end_bench_reports_every_measure(tmp_path):
     assert result["tokens_at_submit_no_prefill"][0] >= result["message_tokens"][0]
     assert result["tokens_at_submit_prefill"][0] < result["message_tokens"][0]
     assert 0 < result["ttft_prefill_s"] and 0 < result["ttft_submit_s"]
+    # The bare loop decoded once after each reply, at that reply's prompt length.
+    assert len(result["decode_tps_bare_pairs"]) == len(result["decode_tps_appliance_pairs"]) == 1
+    assert result["decode_ratio"] > 0 and result["decode_ratio_speaking"] > 0
     assert 30 < result["rss_peak_mb"] < 1000  # the appliance process's own high-water mark

@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 
 MIN_TURN = 32  # tokens a message must at least have room for
 HUNG_AFTER = 30.0  # seconds without a token before the model worker counts as hung
-PIECE_BATCH = 0.1  # seconds of reply text gathered before the loop is woken
+PIECE_BATCH = 0.2  # seconds of reply text gathered before the loop is woken
+# The loop's turn when no event comes: the watchdog, print progress, the panel. Each
+# wake-up while a reply is generated takes a core from the model for a moment.
+LOOP_TICK = 0.25
 SWITCH_TIMEOUT = 600.0  # validating and loading a 1B model on a Pi 4 takes a while
 
 
@@ -166,7 +169,7 @@ class Appliance:
         """Handle events until stop() is called."""
         while not self._stop.is_set():
             try:
-                self.handle(self.events.get(timeout=0.1))
+                self.handle(self.events.get(timeout=LOOP_TICK))
             except queue.Empty:
                 pass
             self._watchdog()

@@ -28,7 +28,11 @@ log = logging.getLogger(__name__)
 
 DEAD_AFTER = 3.0
 REOPEN_EVERY = 1.0
-READ_WAIT = 0.05  # longest idle wait; retransmission (100 ms) and liveness need the loop
+READ_WAIT = 0.05  # wait while a frame awaits its ACK: retransmission is due in 100 ms
+# Wait with nothing to send: bytes, print_text and cancel wake the loop anyway, and
+# liveness needs only a look a few times in its 3 s. Fewer wake-ups leave the cores
+# to the model, which shares them while a reply is generated.
+IDLE_WAIT = 0.25
 HOST_CAPS = 0
 
 
@@ -159,7 +163,8 @@ class Link:
                 self._reopen()
                 continue
             try:
-                data = self._serial.read(256)
+                self._set_wait()
+                data = self._read()
                 with self._lock:
                     events = self.session.feed(data) if data else []
                     self._feed_print()
@@ -173,6 +178,20 @@ class Link:
             for event in events:
                 self._handle(event)
             self._check_alive()
+
+    def _read(self) -> bytes:
+        """What has arrived, as soon as anything has (pyserial's read(n) would wait for
+        all n bytes or the whole timeout, delaying every frame by up to the timeout)."""
+        data = self._serial.read(1)
+        waiting = self._serial.in_waiting if data else 0
+        return data + self._serial.read(waiting) if waiting else data
+
+    def _set_wait(self) -> None:
+        with self._lock:
+            idle = self.up and not self._to_print and not self.session.pending
+        wait = IDLE_WAIT if idle else READ_WAIT
+        if self._serial.timeout != wait:  # pyserial reconfigures the port on every set
+            self._serial.timeout = wait
 
     def _handle(self, event: tuple) -> None:
         kind = event[0]

@@ -183,6 +183,11 @@ def app_wheel(out: Path) -> Path:
             if folder.is_dir() and any(fnmatch(folder.name, p) for p in patterns):
                 shutil.copytree(folder, Path(source) / folder.name,
                                 ignore=shutil.ignore_patterns("__pycache__", ".*"))
+        # Files installed beside the packages (the systemd units) come along too.
+        for files in project["tool"]["setuptools"].get("data-files", {}).values():
+            for name in files:
+                (Path(source) / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(PROJECT / name, Path(source) / name)
         _pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(out), source,
              what="building the appliance's wheel")
     return max(out.glob("typewriter_appliance-*.whl"), key=lambda p: p.stat().st_mtime)

@@ -170,7 +170,7 @@ def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: fl
 
     sim = SimulatedTypewriter(cps=cps, cr_seconds=0.5, record=True)
     port = sim.start()
-    ttft, idle, evaluated, decode, prompts, ceiling = [], [], [], [], [], []
+    ttft, idle, evaluated, decode, prompts, bare_tps = [], [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         # This machine's own config stays out of it; speech goes to WAV files, as the
@@ -210,14 +210,14 @@ def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: fl
                 prompts.append(stats["prompt_tokens"])
                 if stats["decode_tps"]:
                     decode.append(stats["decode_tps"])
-                    ceiling.append(bare.decode(stats["prompt_tokens"]))
+                    bare_tps.append(bare.decode(stats["prompt_tokens"]))
             peak = _peak_rss_mb(app.pid)
             speech = status()["speech_start_s"]
         finally:
             app.terminate()
             app.wait(30)
             sim.stop()
-    return {"ttft": ttft, "idle": idle, "decode": decode, "bare": ceiling, "evaluated": evaluated,
+    return {"ttft": ttft, "idle": idle, "decode": decode, "bare": bare_tps, "evaluated": evaluated,
             "prompt_tokens": prompts,
             "peak_rss_mb": peak, "speech": speech}
 

@@ -7,6 +7,7 @@ image being built, or a test's folder) instead of `/`.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -23,7 +24,6 @@ def _source() -> Path:
 
 
 SOURCE = _source()
-COMMAND = "/opt/typewriter/venv/bin/typewriter"  # ExecStart's, as the SD card image installs it
 # The service runs as its own user with ProtectHome=yes: it cannot reach a home folder.
 UNREACHABLE = (Path("/home"), Path("/root"), Path("/run/user"))
 # source file -> where it goes, relative to the root
@@ -48,8 +48,8 @@ def this_command() -> Path:
 def install(root: Path, enable: bool = True, command: Optional[Path] = None) -> List[Path]:
     """Copy the files under root (and enable the service); returns what was written.
 
-    command, when given, replaces the unit's ExecStart program: the service then
-    runs the appliance installed there.
+    command, when given, replaces the program of the unit's ExecStart (as shipped,
+    the SD card image's /opt/typewriter/venv): the service then runs that one.
     """
     if not (SOURCE / "typewriter.service").exists():
         raise UnitsError(f"the unit files are not next to this installation ({SOURCE}): "
@@ -64,7 +64,7 @@ def install(root: Path, enable: bool = True, command: Optional[Path] = None) -> 
             target.parent.mkdir(parents=True, exist_ok=True)
             text = (SOURCE / name).read_text()
             if name == "typewriter.service" and command is not None:
-                text = text.replace(f"ExecStart={COMMAND} ", f"ExecStart={command} ")
+                text = re.sub(r"^ExecStart=\S+", f"ExecStart={command}", text, flags=re.M)
             target.write_text(text)
             written.append(target)
         config = root / "etc/typewriter/config.toml"

@@ -8,13 +8,14 @@ characters per second beside what the typewriter can print.
 typewriter over a pty, a person typing at a steady rate: time from submit to
 the first reply byte on the wire with prefill and without, side by side in
 one run; decode speed in the appliance against a bare llama-cpp-python loop
-(reply by reply: the bare loop decodes at each reply's prompt length right
-after it has printed, and the ratio is the median of those pairs);
-memory beyond the model; how long the printer waits for text mid-reply; and
-how soon a reply's first sentence is spoken once complete. The prefill run
-prints only (the appliance as most are built: its decode speed and memory are
-the ones held to the bars); the evaluate-on-submit run also speaks, into WAV
-files, and its decode speed is reported beside.
+(reply by reply: the bare loop decodes at each reply's prompt length just
+before the Return that submits it and again after it has printed, and each
+reply is divided by the mean of its two twins); memory beyond the model; how
+long the printer waits for text mid-reply; and how soon a reply's first
+sentence is spoken once complete. The prefill run prints only (the appliance
+as most are built: its decode speed and memory are the ones held to the
+bars); the evaluate-on-submit run also speaks, into WAV files, and its
+decode speed is reported beside.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import platform
 import resource
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from appliance.engine import Engine, Sampling, kv_cache_options
 from appliance.model_synth import held_out_text
@@ -111,10 +112,13 @@ MESSAGES = [
     "asleep, will you come again to the window and speak with me a little longer than "
     "tonight?",
 ]
-# The bench model says this to everything: short replies keep the run short,
-# and a scripted model costs llama.cpp exactly what a random one of its shape does.
+# The bench model says this to everything (about 60 tokens: long enough for a decode
+# speed to mean something on a noisy machine, short enough to print in 20 s), and a
+# scripted model costs llama.cpp exactly what a random one of its shape does.
 REPLY_SCRIPT = ("Fair friend, the night is young and sweet; stay a little while beneath my "
-                "window and tell me of the stars above Verona.\nROMEO:")
+                "window and tell me of the stars above Verona. My nurse sleeps soundly below "
+                "us now so speak in whispers of your hopes and I shall listen until dawn "
+                "breaks over orchard walls!\nROMEO:")
 
 
 
@@ -145,19 +149,22 @@ preamble = "Juliet speaks with a visitor at her window in Verona."
 user = "Who is there?"
 character = "A friend of the night."
 [generation]
-max_tokens = 40
+max_tokens = 80
 temperature = 0.0
 """)
     return folder
 
 
 def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: float,
-                  messages: List[str], speak: bool, bare: BareLoop) -> Dict[str, list]:
+                  messages: List[str], speak: bool, bare: BareLoop,
+                  lengths: Optional[List[int]] = None) -> Dict[str, list]:
     """Type the messages into a real `typewriter run` process; time what comes back.
 
     The appliance runs as it does on the Pi, in its own process, so its memory
     is its own and the simulated typewriter (the bench's process, standing in
-    for the microcontroller) does not share its interpreter.
+    for the microcontroller) does not share its interpreter. `lengths` are the
+    replies' prompt lengths when the appliance cannot tell them before submit
+    (without prefill its cache still holds the previous turn).
     """
     import subprocess
     import sys
@@ -170,7 +177,9 @@ def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: fl
 
     sim = SimulatedTypewriter(cps=cps, cr_seconds=0.5, record=True)
     port = sim.start()
-    ttft, idle, evaluated, decode, prompts, bare_tps = [], [], [], [], [], []
+    ttft, idle, evaluated, decode, prompts, cached = [], [], [], [], [], []
+    before: List[float] = []
+    after: List[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         # This machine's own config stays out of it; speech goes to WAV files, as the
@@ -195,6 +204,11 @@ def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: fl
             time.sleep(1.0)  # the persona's frame is evaluated at start
             for i, message in enumerate(messages):
                 sim.type_text(message + "\n", cps=rate)
+                length = _settled_context(status) if lengths is None else lengths[i]
+                cached.append(length)
+                # The twin decodes just before the Return, while the appliance waits for
+                # it, so the reply that follows starts on cores as busy as the twin's.
+                twin = bare.decode(length)
                 submitted = time.monotonic()
                 sim.press(m.KEY_RETURN)
                 # Asked 4 times a second, not 20: each question wakes the appliance's
@@ -208,18 +222,30 @@ def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: fl
                 idle.append(_printer_idle(sim, submitted, cps, 0.5))
                 evaluated.append(stats["evaluated_at_submit"])
                 prompts.append(stats["prompt_tokens"])
-                if stats["decode_tps"]:
+                if stats["decode_tps"]:  # None for a reply of a single token
                     decode.append(stats["decode_tps"])
-                    bare_tps.append(bare.decode(stats["prompt_tokens"]))
+                    before.append(twin)
+                    after.append(bare.decode(stats["prompt_tokens"]))
             peak = _peak_rss_mb(app.pid)
             speech = status()["speech_start_s"]
         finally:
             app.terminate()
             app.wait(30)
             sim.stop()
-    return {"ttft": ttft, "idle": idle, "decode": decode, "bare": bare_tps, "evaluated": evaluated,
-            "prompt_tokens": prompts,
-            "peak_rss_mb": peak, "speech": speech}
+    return {"ttft": ttft, "idle": idle, "decode": decode, "before": before, "after": after,
+            "evaluated": evaluated, "prompt_tokens": prompts, "cached": cached, "peak_rss_mb": peak,
+            "speech": speech}
+
+
+def _settled_context(status: Callable[[], dict]) -> int:
+    """The appliance's cached tokens once prefill has caught up with the last key."""
+    last = -1
+    while True:
+        time.sleep(0.25)
+        now = status()["context_tokens"]
+        if now == last:
+            return now
+        last = now
 
 
 def _printer_idle(sim, since: float, cps: float, cr_seconds: float) -> float:
@@ -245,13 +271,20 @@ def _bare_load(model: Path, threads: int, mmap: bool) -> None:
     _bare["tokens"] = len(llm.tokenize(REPLY_SCRIPT.split("\n")[0].encode(), add_bos=False))
 
 
-def _bare_decode(length: int) -> float:
+def _bare_decode(length: int, pause: float = 0.0) -> float:
     """Decode tokens/s of a plain llama-cpp-python loop right after a prompt of `length`.
 
     Decoding slows as the context grows (here 55 tok/s after 64 tokens, 45
-    after 448), so the ceiling is measured at each reply's own prompt length.
+    after 448), so it is measured at each reply's own prompt length. The prompt
+    is evaluated from scratch, keeping the cores busy until decoding starts;
+    with a pause, all but its last token is evaluated first and the cores then
+    sit idle for `pause` seconds, as after a message prefilled while typed.
     """
     llm, text, tokens = _bare["llm"], _bare["text"], _bare["tokens"]
+    llm.reset()
+    if pause:
+        llm.eval(text[:length - 1])
+        time.sleep(pause)
     stamps: List[float] = []
     for _ in llm.generate(text[:length], temp=0.0, reset=True):
         stamps.append(time.perf_counter())
@@ -263,10 +296,10 @@ def _bare_decode(length: int) -> float:
 class BareLoop:
     """The appliance's ceiling: the same model, threads and cache in a plain loop.
 
-    It runs in a process of its own, like the appliance, and decodes right
-    after each of the appliance's replies has printed, at that reply's prompt
-    length: the machine's drift (it is shared) then shows in both sides of
-    each pair instead of between two runs minutes apart.
+    It runs in a process of its own, like the appliance, and decodes next to
+    each of the appliance's replies, at that reply's prompt length: the
+    machine's drift (it is shared) then shows in both sides of each pair
+    instead of between two runs minutes apart.
     """
 
     def __init__(self, model: Path, threads: int, mmap: bool):
@@ -277,17 +310,36 @@ class BareLoop:
                                          initializer=_bare_load,
                                          initargs=(model, threads, mmap))
 
-    def decode(self, length: int) -> float:
-        return self._pool.submit(_bare_decode, length).result()
+    def decode(self, length: int, pause: float = 0.0) -> float:
+        return self._pool.submit(_bare_decode, length, pause).result()
 
     def close(self) -> None:
         self._pool.shutdown()
 
 
 def _paired_ratio(run: Dict[str, list]) -> float:
+    """The median over replies of each reply's speed over the mean of its two twins."""
     from statistics import median
 
-    return round(median(a / b for a, b in zip(run["decode"], run["bare"])), 3)
+    return round(median(a / ((b + c) / 2) for a, b, c in
+                        zip(run["decode"], run["before"], run["after"])), 3)
+
+
+def _idle_penalty(bare: BareLoop, length: int, rounds: int = 4) -> float:
+    """How much slower the bare loop decodes after an idle second than on busy cores.
+
+    A machine's property, not the appliance's: a shared VM (or a CPU that
+    clocks down) starts slow. With prefill the appliance decodes after the
+    person's typing, which leaves the cores mostly idle, so this is what its
+    replies pay on such a machine beyond the paired ratio.
+    """
+    from statistics import median
+
+    ratios = []
+    for _ in range(rounds):
+        busy = bare.decode(length)
+        ratios.append(bare.decode(length, pause=1.0) / busy)
+    return round(median(ratios), 3)
 
 
 def end_to_end(model: Path, shape: str, threads: int, rate: float = 5.0, cps: float = 12.0,
@@ -302,7 +354,11 @@ def end_to_end(model: Path, shape: str, threads: int, rate: float = 5.0, cps: fl
     bare = BareLoop(model, threads, mmap)
     try:
         with_prefill = _conversation(model, threads, True, rate, cps, messages, False, bare)
-        on_submit = _conversation(model, threads, False, rate, cps, messages, True, bare)
+        # The same script gives the same prompts, whose lengths the appliance without
+        # prefill cannot tell before the Return.
+        on_submit = _conversation(model, threads, False, rate, cps, messages, True, bare,
+                                  lengths=with_prefill["prompt_tokens"])
+        idle_penalty = _idle_penalty(bare, int(median(with_prefill["prompt_tokens"])))
     finally:
         bare.close()
     engine = Engine(model, n_ctx=256, n_threads=1).start()
@@ -327,10 +383,14 @@ def end_to_end(model: Path, shape: str, threads: int, rate: float = 5.0, cps: fl
         "tokens_at_submit_prefill": with_prefill["evaluated"],
         "tokens_at_submit_no_prefill": on_submit["evaluated"],
         "reply_prompt_tokens": with_prefill["prompt_tokens"],
+        # What the appliance had cached when the Return came: the whole prompt, if
+        # prefill kept up (and the length the twin before the Return decoded at).
+        "cached_before_return": with_prefill["cached"],
         "decode_tps_appliance": round(median(with_prefill["decode"]), 1),
         "decode_tps_appliance_speaking": round(median(on_submit["decode"]), 1),
-        "decode_tps_bare": round(median(with_prefill["bare"]), 1),
-        "decode_tps_bare_pairs": [round(x, 1) for x in with_prefill["bare"]],
+        "decode_tps_bare": round(median(with_prefill["before"] + with_prefill["after"]), 1),
+        "decode_tps_bare_before": [round(x, 1) for x in with_prefill["before"]],
+        "decode_tps_bare_after": [round(x, 1) for x in with_prefill["after"]],
         "decode_tps_appliance_pairs": with_prefill["decode"],
         "rss_peak_mb": round(peak, 1),
         "rss_peak_speaking_mb": round(on_submit["peak_rss_mb"], 1),
@@ -343,9 +403,10 @@ def end_to_end(model: Path, shape: str, threads: int, rate: float = 5.0, cps: fl
     speech = on_submit["speech"]
     result["speech_start_s"] = round(median(speech), 3) if speech else None
     result["speech_start_max_s"] = max(speech) if speech else None
-    # Each reply against the bare loop right after it, then the median of those ratios.
+    # Each reply against its twins just before and after it, then the median of those ratios.
     result["decode_ratio"] = _paired_ratio(with_prefill)
     result["decode_ratio_speaking"] = _paired_ratio(on_submit)
+    result["decode_idle_penalty"] = idle_penalty
     result["decode_step_s"] = round(1 / result["decode_tps_bare"], 4)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

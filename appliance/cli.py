@@ -199,6 +199,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     elif args.action == "status":
         print(answer["status"])
         print(f"exchanges: {answer['exchanges']}, busy: {answer['busy']}, "
+              f"context: {answer['context_tokens']} of {answer['n_ctx']} tokens, "
               f"keys lost in the typewriter: {'yes' if answer['overflow'] else 'no'}")
     else:
         print("ok")

@@ -343,6 +343,13 @@ class Engine:
             if not self._jobs.empty():  # a submit or a newer target: let it run first
                 return
 
+    @property
+    def context_tokens(self) -> int:
+        """Tokens in the model's cache now: the conversation so far, and as much of the
+        message being typed as prefill has evaluated. One int read: safe from any thread."""
+        llm = self._llm
+        return llm.n_tokens if llm is not None else 0
+
     def stalled(self, after: float) -> bool:
         """A job has run for `after` seconds without a token or a chunk: the worker hangs."""
         return self.busy_since is not None and time.monotonic() - self.progress_at > after

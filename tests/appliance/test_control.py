@@ -63,8 +63,11 @@ def test_ctl_drives_a_running_appliance(tmp_path, script_persona):
                                            str(control)).stdout)
             assert status["link"] == "up" and status["exchanges"] == 1
             assert status["last_reply"].startswith("Good morrow")
+            talked = status["context_tokens"]
+            assert 0 < talked < status["n_ctx"]
             readable = typewriter("ctl", "status", "--control", str(control)).stdout
             assert "Juliet: typewriter connected" in readable
+            assert f"context: {talked} of {status['n_ctx']} tokens" in readable
             assert typewriter("ctl", "print", "A note from", "SSH", "--control",
                               str(control)).returncode == 0
             assert wait_for(lambda: "A note from SSH" in sim.paper.text(), 10)
@@ -72,6 +75,10 @@ def test_ctl_drives_a_running_appliance(tmp_path, script_persona):
             status = json.loads(typewriter("ctl", "status", "--json", "--control",
                                            str(control)).stdout)
             assert status["exchanges"] == 0
+            # The new conversation keeps only the persona's frame in the model's cache.
+            assert wait_for(lambda: json.loads(typewriter(
+                "ctl", "status", "--json", "--control", str(control)).stdout)[
+                "context_tokens"] < talked, 10)
             refused = typewriter("ctl", "say", "hi", "--control", str(control))
             assert refused.returncode == 2 and "not available" in refused.stderr
         finally:

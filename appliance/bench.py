@@ -213,7 +213,9 @@ def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: fl
                 sim.press(m.KEY_RETURN)
                 # Asked 4 times a second, not 20: each question wakes the appliance's
                 # threads, which would take cores from the reply being measured.
-                if not wait_for(lambda n=i: status()["exchanges"] > n, 300, every=0.25):
+                # Replies, not exchanges: the conversation drops its oldest exchanges
+                # once the context is full.
+                if not wait_for(lambda n=i: status()["replies"] > n, 300, every=0.25):
                     raise RuntimeError("no reply within 300 s")
                 sim.wait_printed(300)
                 stats = status()["last_reply_stats"]
@@ -267,7 +269,8 @@ def _bare_load(model: Path, threads: int, mmap: bool) -> None:
     llm = Llama(model_path=str(model), n_ctx=1024, n_threads=threads, n_batch=64, n_ubatch=64,
                 use_mmap=mmap, verbose=False, seed=1, **kv_cache_options(True))
     _bare["llm"] = llm
-    _bare["text"] = llm.tokenize((PROMPT + " ".join(MESSAGES) * 4).encode(), add_bos=True)
+    # Longer than any prompt the appliance's 1024-token context can hold.
+    _bare["text"] = llm.tokenize((PROMPT + " ".join(MESSAGES) * 8).encode(), add_bos=True)
     _bare["tokens"] = len(llm.tokenize(REPLY_SCRIPT.split("\n")[0].encode(), add_bos=False))
 
 

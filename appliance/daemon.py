@@ -216,6 +216,7 @@ class Appliance:
             return {"ok": True, "persona": self.persona.name, "link": "up" if self.link.up
                     else "down", "typewriter": self.link.peer_name, "port": self.link.port,
                     "busy": self.reply is not None, "exchanges": len(self.conversation.exchanges),
+                    "replies": self.replies,
                     "context_tokens": self.engine.context_tokens, "n_ctx": self.engine.n_ctx,
                     "last_reply": self.conversation.last_reply, "overflow": self.link.overflow,
                     "persona_error": self.last_switch_error,

@@ -61,7 +61,7 @@ def test_ctl_drives_a_running_appliance(tmp_path, script_persona):
             assert wait_for(lambda: "home." in sim.paper.text(), 30)
             status = json.loads(typewriter("ctl", "status", "--json", "--control",
                                            str(control)).stdout)
-            assert status["link"] == "up" and status["exchanges"] == 1
+            assert status["link"] == "up" and status["exchanges"] == status["replies"] == 1
             assert status["last_reply"].startswith("Good morrow")
             talked = status["context_tokens"]
             assert 0 < talked < status["n_ctx"]
@@ -74,7 +74,7 @@ def test_ctl_drives_a_running_appliance(tmp_path, script_persona):
             assert typewriter("ctl", "reset", "--control", str(control)).returncode == 0
             status = json.loads(typewriter("ctl", "status", "--json", "--control",
                                            str(control)).stdout)
-            assert status["exchanges"] == 0
+            assert status["exchanges"] == 0 and status["replies"] == 1
             # The new conversation keeps only the persona's frame in the model's cache.
             assert wait_for(lambda: json.loads(typewriter(
                 "ctl", "status", "--json", "--control", str(control)).stdout)[

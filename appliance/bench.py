@@ -204,8 +204,9 @@ def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: fl
             time.sleep(1.0)  # the persona's frame is evaluated at start
             for i, message in enumerate(messages):
                 sim.type_text(message + "\n", cps=rate)
-                length = _settled_context(status) if lengths is None else lengths[i]
-                cached.append(length)
+                if lengths is None:
+                    cached.append(_settled_context(status))
+                length = cached[-1] if lengths is None else lengths[i]
                 # The twin decodes just before the Return, while the appliance waits for
                 # it, so the reply that follows starts on cores as busy as the twin's.
                 twin = bare.decode(length)
@@ -241,13 +242,19 @@ def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: fl
 
 def _settled_context(status: Callable[[], dict]) -> int:
     """The appliance's cached tokens once prefill has caught up with the last key."""
-    last = -1
-    while True:
-        time.sleep(0.25)
+    from appliance.cli import wait_for
+
+    seen = [-1]
+
+    def settled() -> bool:  # unchanged since the last look, a quarter second ago
         now = status()["context_tokens"]
-        if now == last:
-            return now
-        last = now
+        same = now == seen[0]
+        seen[0] = now
+        return same
+
+    if not wait_for(settled, 60, every=0.25):
+        raise RuntimeError("the appliance's prefill did not settle within 60 s")
+    return seen[0]
 
 
 def _printer_idle(sim, since: float, cps: float, cr_seconds: float) -> float:

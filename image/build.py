@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from appliance.bundle import BundleError, verify
-from appliance.config import EXAMPLE as CONFIG_EXAMPLE
-from appliance.persona_store import STATE, StoreError, check_name
-from appliance.units import ENABLE_LINK, PLACES, SOURCE
+from appliance.persona.bundle import BundleError, verify
+from appliance.persona.store import STATE, StoreError, check_name
+from appliance.system.config import EXAMPLE as CONFIG_EXAMPLE
+from appliance.system.units import ENABLE_LINK, PLACES, SOURCE
 from image import installer, uart
 from image.bootfs import BootFS, require
 from image.disk import copy_range, grow_root, pi_layout

@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from appliance.config import tomllib
+from appliance.system.config import tomllib
 from image.tools import ImageError
 from image.uart import BOARDS, SERIALS
 

@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from typing import Optional, Sequence
 
+from appliance.errors import UserError
+
 # tool -> the Debian package that has it
 PACKAGES = {
     "sfdisk": "fdisk", "mcopy": "mtools", "mtype": "mtools", "mdir": "mtools",
@@ -16,7 +18,7 @@ PACKAGES = {
 }
 
 
-class ImageError(Exception):
+class ImageError(UserError):
     """The image cannot be built as asked; the message names the problem and the fix."""
 
 

@@ -172,7 +172,7 @@ def requirement_of(dist: str, name: str) -> str:
 def app_wheel(out: Path) -> Path:
     """The appliance's own wheel, built from a clean copy of the checkout's packages (an
     in-tree build would reuse setuptools' build/ folder, stale files included)."""
-    from appliance.config import tomllib
+    from appliance.system.config import tomllib
 
     project = tomllib.loads((PROJECT / "pyproject.toml").read_text())
     patterns = project["tool"]["setuptools"]["packages"]["find"]["include"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.cli import wait_for  # noqa: F401  (shared with the tests)
-from appliance.model_synth import synthesize
+from appliance.engine.synth import synthesize
+from appliance.system.control import wait_for  # noqa: F401  (shared with the tests)
 
 # A scripted model continues every prompt with this text, then starts inventing
 # the next speaker's turn (it loops back to the start after "ROMEO:"). The

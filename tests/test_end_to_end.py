@@ -6,8 +6,8 @@ import subprocess
 import sys
 import time
 
-from appliance.printer import printable
-from firmware_bridge.simulator import SimulatedTypewriter
+from appliance.outputs.paper import printable
+from firmware_bridge.host.simulator import SimulatedTypewriter
 from tests.conftest import SCRIPT_REPLY, typewriter
 
 PRINTABLE_PAPER = re.compile(r"^[\x20-\x7e\n]*$")

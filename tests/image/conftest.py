@@ -16,7 +16,7 @@ from typing import Dict, Optional
 
 import pytest
 
-from appliance.bundle import seal
+from appliance.persona.bundle import seal
 from image.wheelhouse import app_wheel
 
 TOOLS = ("sfdisk", "mkfs.vfat", "mcopy", "mtype", "mdir", "mkfs.ext4", "debugfs", "e2fsck",

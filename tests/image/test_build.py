@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from appliance.config import EXAMPLE, tomllib
-from appliance.units import ENABLE_LINK, PLACES, SOURCE
+from appliance.system.config import EXAMPLE, tomllib
+from appliance.system.units import ENABLE_LINK, PLACES, SOURCE
 from image import installer
 from tests.conftest import typewriter
 from tests.image.conftest import (

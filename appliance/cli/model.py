@@ -1,0 +1,81 @@
+"""`typewriter model ...` and `typewriter bench`: models, and how fast they run here."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+from appliance.cli.common import CPS, bounded, synthetic
+from appliance.engine.worker import check_gguf, physical_cores
+from appliance.errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="prefill against evaluate-on-submit, end to end")
+    bench.add_argument("--shape", default="tinyllama-1.1b", help="synthetic model shape")
+    bench.add_argument("--json", default="bench-results/bench.json", help="results file")
+    bench.add_argument("--rate", type=CPS, default=5.0, help="typing speed, characters/second")
+    bench.add_argument("--cps", type=CPS, default=12.0, help="print speed, characters/second")
+    bench.add_argument("--exchanges", type=bounded(int, 1, 100), default=5)
+    bench.add_argument("--threads", type=bounded(int, 1, 256), default=None)
+    bench.set_defaults(func=cmd_bench)
+
+    model = sub.add_parser("model", help="model tools")
+    msub = model.add_subparsers(dest="model_command", required=True)
+    synth = msub.add_parser("synth", help="write a random-weight GGUF in a real model's shape")
+    synth.add_argument("--shape", default="tiny")
+    synth.add_argument("--quant", default="q4_0")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--script", help="a model that answers every prompt with this text")
+    synth.add_argument("out")
+    synth.set_defaults(func=cmd_model_synth)
+    speed = msub.add_parser("bench", help="load, prompt and decode speed of models")
+    speed.add_argument("--shape", action="append", default=[],
+                       help="synthetic model shape to measure (repeatable)")
+    speed.add_argument("--model", action="append", default=[],
+                       help="a GGUF to measure (repeatable)")
+    speed.add_argument("--threads", type=bounded(int, 1, 256), default=None)
+    speed.add_argument("--json", default="bench-results/models.json", help="results file")
+    speed.set_defaults(func=cmd_model_bench)
+
+
+def cmd_model_synth(args: argparse.Namespace) -> int:
+    from appliance.engine.synth import synth_command
+
+    try:
+        print(synth_command(args.shape, Path(args.out), quant=args.quant, seed=args.seed,
+                            script=args.script))
+    except ImportError as e:
+        raise UserError(f"the synth tools are missing ({e.name}): "
+                       "pip install 'typewriter-appliance[synth]'") from e
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from appliance.bench import end_to_end as bench
+
+    tag = "-bench-" + hashlib.sha1(bench.REPLY_SCRIPT.encode()).hexdigest()[:8]
+    model = synthetic(args.shape, bench.REPLY_SCRIPT, tag)
+    result = bench.end_to_end(model, args.shape, args.threads or physical_cores(),
+                              rate=args.rate, cps=args.cps, exchanges=args.exchanges,
+                              out=Path(args.json))
+    for key, value in result.items():
+        print(f"{key:28} {value}")
+    print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_model_bench(args: argparse.Namespace) -> int:
+    from appliance.bench import end_to_end as bench
+
+    models = [Path(p) for p in args.model] + [synthetic(shape) for shape in args.shape]
+    for path in models:
+        check_gguf(path)
+    results = bench.model_speed(models, args.threads or physical_cores(), Path(args.json))
+    for r in results:
+        print("  ".join(f"{k}={v}" for k, v in r.items()))
+    print(f"wrote {args.json}")
+    return 0

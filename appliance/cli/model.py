@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 from pathlib import Path
 
 from appliance.cli.common import CPS, bounded, synthetic
+from appliance.engine.bases import BASES, fetch
 from appliance.engine.worker import check_gguf, physical_cores
 from appliance.errors import UserError
 
@@ -38,6 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     speed.add_argument("--threads", type=bounded(int, 1, 256), default=None)
     speed.add_argument("--json", default="bench-results/models.json", help="results file")
     speed.set_defaults(func=cmd_model_bench)
+    fetch = msub.add_parser("fetch", help="download a known pretrained base model (the one "
+                            "command that uses the network)")
+    fetch.add_argument("name", help="a known base: " + ", ".join(BASES))
+    fetch.add_argument("--out", help="a folder or .gguf path (default: the cache's models "
+                       "folder, where personas look)")
+    fetch.set_defaults(func=cmd_model_fetch)
 
 
 def cmd_model_synth(args: argparse.Namespace) -> int:
@@ -78,4 +86,11 @@ def cmd_model_bench(args: argparse.Namespace) -> int:
     for r in results:
         print("  ".join(f"{k}={v}" for k, v in r.items()))
     print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_model_fetch(args: argparse.Namespace) -> int:
+    path = fetch(args.name, Path(args.out) if args.out else None,
+                 say=lambda line: print(line, file=sys.stderr))
+    print(path)
     return 0

@@ -197,7 +197,14 @@ def app_wheel(out: Path) -> Path:
 def build(out: Path, arch: str, python: str, engine_wheel: Optional[Path] = None,
           log=print) -> List[Wheel]:
     """Fill `out` with every wheel the image needs for Python `python` on `arch`."""
-    out.mkdir(parents=True, exist_ok=True)
+    if engine_wheel and not engine_wheel.is_file():
+        raise ImageError(f"--engine-wheel {engine_wheel}: no such file: pass a llama-cpp-python "
+                         "wheel built before, or leave --engine-wheel out to build one")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ImageError(f"cannot make the wheelhouse {out} ({e.strerror}): pass an --out "
+                         "folder you can write to") from None
     if not (PROJECT / "pyproject.toml").exists():
         raise ImageError(f"the project's source is not next to this installation ({PROJECT}): "
                          "run from a checkout")

@@ -111,7 +111,9 @@ def load(path: Optional[Path]) -> Config:
         raise ConfigError(f"{path} does not exist: create it (see `typewriter config "
                           "example`) or leave out --config") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read {path}: {e}") from None
+        why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise ConfigError(f"cannot read {path} ({why}): pass a TOML file (see `typewriter "
+                          "config example`)") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e}): fix the syntax") from None
     problems: List[str] = []

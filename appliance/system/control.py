@@ -164,7 +164,9 @@ def request(path: Path, message: Dict, timeout: float = 10.0) -> Dict:
         raise ControlError(f"no appliance is running here ({path} does not exist): start "
                            "`typewriter run`, or pass --control") from None
     except OSError as e:
-        raise ControlError(f"cannot reach the appliance at {path}: {e}") from None
+        raise ControlError(f"cannot reach the appliance at {path} ({e.strerror or e}): check "
+                           "that `typewriter run` is running there (systemctl status "
+                           "typewriter), or pass its --control") from None
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):

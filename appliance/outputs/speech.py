@@ -27,7 +27,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Deque, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from appliance.errors import UserError
 
@@ -265,8 +265,9 @@ class Speaker:
     """
 
     def __init__(self, sink: Union[SoundCard, WavFiles], defaults: Speech = DEFAULT,
-                 piper_model: Optional[Path] = None):
+                 piper_model: Optional[Path] = None, voice: Optional[Callable[[], Any]] = None):
         self.sink = sink
+        self.voice = voice  # makes the voice on the worker; None: Piper or Espeak
         self.defaults = replace(DEFAULT, **{k: v for k, v in defaults.__dict__.items()
                                                if v is not None})
         self.piper_model = piper_model
@@ -361,9 +362,10 @@ class Speaker:
 
     def _work(self, ready: queue.Queue) -> None:
         try:
-            voice = Piper(self.piper_model) if self.piper_model else Espeak()
+            voice = (self.voice() if self.voice else Piper(self.piper_model)
+                     if self.piper_model else Espeak())
             self._configure(voice, self.defaults)
-        except SpeechError as e:
+        except UserError as e:  # SpeechError, or another voice's (laptop_voice)
             ready.put(e)
             return
         ready.put(None)
@@ -376,7 +378,7 @@ class Speaker:
                     self._configure(voice, item)
                 elif item.generation == self._generation:
                     self._speak(voice, item)
-            except SpeechError as e:
+            except UserError as e:
                 self._report(str(e))
             finally:
                 self._queue.task_done()
@@ -436,19 +438,22 @@ class Speaker:
 
 def open_speaker(defaults: Speech = DEFAULT, piper_model: Optional[str] = None,
                  files: Optional[Path] = None,
-                 on_file: Callable[[Path, str], None] = lambda p, t: None) -> Optional[Speaker]:
+                 on_file: Callable[[Path, str], None] = lambda p, t: None,
+                 voice: Optional[Callable[[], Any]] = None,
+                 player: Optional[Sequence[str]] = None) -> Optional[Speaker]:
     """A started speaker on the sound card, or writing numbered WAV files into `files`.
 
     None, after one message, when speech cannot work: the appliance goes on printing.
     """
-    if files is None and not SoundCard.present():
+    if files is None and not (player or SoundCard.present()):
         problem = ("no sound card (`aplay -l` lists none, or alsa-utils is missing): connect "
                    "one and apt-get install alsa-utils")
     else:
-        sink = SoundCard() if files is None else WavFiles(files, on_file)
+        sink = WavFiles(files, on_file) if files else SoundCard(player) if player else SoundCard()
         try:
-            return Speaker(sink, defaults, Path(piper_model) if piper_model else None).start()
-        except SpeechError as e:
+            return Speaker(sink, defaults, Path(piper_model) if piper_model else None,
+                           voice).start()
+        except UserError as e:
             sink.close()
             problem = str(e)
     log.error("speech off: %s", problem, extra={"ERROR_KIND": "speech"})
@@ -456,9 +461,15 @@ def open_speaker(defaults: Speech = DEFAULT, piper_model: Optional[str] = None,
 
 
 def demo_speaker(files: Optional[str] = None) -> Optional[Speaker]:
-    """`typewriter demo --speak`: the sound card if there is one, else WAV files it names."""
+    """`typewriter demo --speak`: the sound card if there is one, else WAV files it names;
+    without espeak-ng (a laptop), the laptop's own voice through pyttsx3 (laptop_voice)."""
+    voice, player = None, None
+    if shutil.which("espeak-ng") is None:
+        from appliance.outputs import laptop_voice
+
+        voice, player = laptop_voice.LaptopVoice, laptop_voice.player()
     folder = Path(files) if files else None
-    if folder is None and not SoundCard.present():
+    if folder is None and not (player or SoundCard.present()):
         folder = Path(tempfile.mkdtemp(prefix="typewriter-speech-"))
     return open_speaker(files=folder, on_file=lambda path, text: print(
-        f"spoken: {path}  ({text})", file=sys.stderr, flush=True))
+        f"spoken: {path}  ({text})", file=sys.stderr, flush=True), voice=voice, player=player)

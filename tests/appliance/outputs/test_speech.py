@@ -266,8 +266,12 @@ def test_speech_alone_prints_nothing_and_the_speech_key_silences_it(talk_rig):
 
 
 def test_without_espeak_ng_the_demo_says_so_once_and_prints(script_persona, tmp_path):
+    hidden = tmp_path / "hidden"  # nor the laptop voice: a pyttsx3 that cannot be imported
+    hidden.mkdir()
+    (hidden / "pyttsx3.py").write_text("raise ImportError('pyttsx3 is hidden by the test')\n")
     env = dict(os.environ, PATH=os.path.dirname(sys.executable),  # no /usr/bin: no espeak-ng
-               XDG_CACHE_HOME=os.environ.get("XDG_CACHE_HOME", "/tmp/typewriter-cache"))
+               XDG_CACHE_HOME=os.environ.get("XDG_CACHE_HOME", "/tmp/typewriter-cache"),
+               PYTHONPATH=str(hidden))
     result = subprocess.run(
         [sys.executable, "-m", "appliance.cli", "demo", "--persona", str(script_persona),
          "--type", "Hello", "--speak", "--speech-files", str(tmp_path / "wav")],

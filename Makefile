@@ -17,9 +17,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 
-# The demo needs the appliance and the model tools only.
+# The demo needs the appliance, the model tools and, for `demo --speak` on a laptop without
+# espeak-ng, pyttsx3.
 $(VENV)/.demo: pyproject.toml | system-demo $(BIN)/python
-	$(BIN)/pip install -e '.[synth]'
+	$(BIN)/pip install -e '.[synth,laptop]'
 	touch $@
 
 # The tests also build systemd-python (libsystemd-dev, pkg-config).

@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 # llama-cpp-python builds from source; skip what we never use. pip's wheel
 # cache makes every later install of the same version instant.
-export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF
+# On x86-64 one portable level (AVX2, FMA, F16C): -march=native also compiles ggml's AMX
+# tile kernels, which die of SIGILL on VMs whose hypervisor does not grant AMX (seen here).
+LLAMA_CPU := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON)
+export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF $(LLAMA_CPU)
 
 .PHONY: demo test lint bench clean system-demo system-test
 .NOTPARALLEL:  # one apt-get, then one pip, at a time

@@ -1,8 +1,10 @@
-"""The appliance loop: keys -> line editor -> conversation -> engine -> printer.
+"""The appliance loop: keys -> line editor -> conversation -> engine -> outputs.
 
 Everything that changes the appliance's state happens on the thread that calls
-`Appliance.run`; the link thread, the engine worker and the control socket only
-post events to it.
+`Appliance.run`; the link thread, the engine worker, the control socket and the
+switch worker only post events (appliance.core.events) to it. Each turn of the
+loop is the same phases: one event, the watchdog, the print accounting, the
+outputs' `show`.
 """
 
 from __future__ import annotations
@@ -13,16 +15,28 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, List, Optional
 
 from appliance.core.conversation import Conversation
+from appliance.core.events import (
+    Control,
+    Done,
+    Event,
+    Keys,
+    LinkChanged,
+    Piece,
+    SwitchFailed,
+    SwitchReady,
+)
 from appliance.core.line_editor import LineEditor
 from appliance.engine.worker import Engine, EngineError, Reply
+from appliance.outputs.base import Output
 from appliance.outputs.panel import NoPanel
-from appliance.outputs.paper import Typesetter
+from appliance.outputs.paper import NoPaper, Paper
 from appliance.outputs.speech import Speaker
+from appliance.outputs.voice import Voice
 from appliance.persona.spec import Persona, make_frame
-from appliance.persona.switcher import SWITCH_TIMEOUT, Plan, Switcher, SwitchError
+from appliance.persona.switcher import SWITCH_TIMEOUT, Switcher, SwitchError, SwitchWorker
 from appliance.system.journal import Journal
 from appliance.system.service import Notifier
 from firmware_bridge.board import messages as m
@@ -39,7 +53,7 @@ LOOP_TICK = 0.25
 
 
 class Appliance:
-    """One persona answering one typewriter."""
+    """One persona answering one typewriter, through a list of outputs."""
 
     def __init__(self, persona: Persona, engine: Engine, port: str, width: int = 65,
                  prefill: bool = True, journal: Optional[Journal] = None,
@@ -47,39 +61,38 @@ class Appliance:
                  switcher: Optional[Switcher] = None, speaker: Optional[Speaker] = None,
                  panel: Optional[NoPanel] = None, printing: bool = True):
         self.prefill = prefill
-        self.speaker = speaker
-        self.printing = printing  # False: no print mechanism, the replies are only spoken
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.link = Link(port, on_keys=self._keys_arrived,
+                         on_change=lambda state: self.events.put(LinkChanged(state)))
+        # printing False: no print mechanism, the replies are only spoken
+        self.paper = Paper(self.link, width) if printing or speaker is None else NoPaper()
+        self.outputs: List[Output] = outputs_for(self.paper, speaker, panel or NoPanel())
+        for output in self.outputs:
+            output.on_key = lambda code: self.events.put(Keys(bytes([code])))
         self._adopt(persona, engine)
         self.switcher = switcher
-        self._pending_switch: Optional[tuple] = None  # (plan, answer) until the reply ends
+        self._switches = SwitchWorker() if switcher is not None else None
+        self._pending_switch: Optional[SwitchReady] = None  # until the reply ends
         self.last_switch_error = ""
         self.last_reply_stats: dict = {}
         self.editor = LineEditor(double_return=double_return)
-        self.typesetter = Typesetter(width=width)
-        self.events: queue.Queue[tuple] = queue.Queue()
         self.journal = journal
         self.notifier = notifier or Notifier({})
         self._next_ping = 0.0
         self._hung = False
         self.reply_turn = 0
-        self.print_start = 0  # the typewriter's printed counter when the reply began
-        self.print_sent = 0  # print bytes of the reply handed to the link so far
         self.print_seen = -1  # the extent last written to the journal
-        self.link = Link(port, on_keys=self._keys_arrived,
-                         on_change=lambda what: self.events.put(("link", what)))
-        self.panel = panel or NoPanel()
-        self.panel.on_key = lambda code: self.events.put(("keys", bytes([code]), 0))
-        if speaker is not None and printing:  # the voice keeps pace with the paper
-            speaker.paper = lambda: (self.link.printed - self.print_start) % 2**32
         self.reply: Optional[Reply] = None
         self.reply_text = ""
         self._unposted = ""  # reply text the worker has not posted yet
         self._posted_at = 0.0
         self.waiting: list = []
         self.replies = 0
-        self.at_line_start = True
+        self.at_line_start = True  # the last key was a return: the message may be whole
         self._stop = threading.Event()
-        self.on_reply: Callable[[str, Reply], None] = lambda text, reply: None
+        self._handlers: dict = {Keys: self._keys, Piece: self._piece, Done: self._done,
+                                Control: self._control_event, SwitchReady: self._switch,
+                                SwitchFailed: self._switch_failed, LinkChanged: self._link}
 
     def _adopt(self, persona: Persona, engine: Engine) -> None:
         """Take a persona and its loaded model as the ones that answer."""
@@ -94,8 +107,12 @@ class Appliance:
             )
         self.persona, self.engine, self.frame = persona, engine, frame
         self.conversation = conversation
-        if self.speaker is not None:
-            self.speaker.use(persona.speech)
+        self._each("use", persona)
+
+    def _each(self, hook: str, *args) -> None:
+        """Call one hook on every output, in list order."""
+        for output in self.outputs:
+            getattr(output, hook)(*args)
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -115,14 +132,14 @@ class Appliance:
             self.conversation.add(message, reply, Reply(stop_reason="restored"))
         printing = journal.printing()
         if printing is not None:  # the typewriter may still be striking it from its buffer
-            self.reply_turn, text, _, self.print_start, self.print_sent = printing
+            self.reply_turn, text, _, self.paper.start, self.paper.sent = printing
             self.reply_text, self.print_seen = text, -1
         unanswered = journal.unanswered()
         if unanswered:
             self.waiting.append(unanswered)
-        for batch, codes in journal.unconsumed_keys():
-            for code in codes:
-                self._key(code, batch)
+        for batch, start, codes in journal.unconsumed_keys():
+            for i, code in enumerate(codes):
+                self._key(code, batch, start + i + 1)
         if state or self.conversation.exchanges or self.editor.typed:
             log.info("restored %d exchanges and %d typed characters",
                      len(self.conversation.exchanges), len(self.editor.typed))
@@ -138,7 +155,7 @@ class Appliance:
                 log.error("cannot store keys (%s): the typewriter will resend them", e,
                           extra={"ERROR_KIND": "journal"})
                 return False
-        self.events.put(("keys", codes, batch))
+        self.events.put(Keys(codes, batch))
         return True
 
     @contextmanager
@@ -160,12 +177,10 @@ class Appliance:
         if self.reply is not None:
             self.reply.cancel()
         self.link.close()
-        if self.speaker is not None:
-            self.speaker.close()
-        self.panel.close()
+        self._each("close")
 
     def run(self) -> None:
-        """Handle events until stop() is called."""
+        """Handle events until stop() is called, in the same phases each turn."""
         while not self._stop.is_set():
             try:
                 self.handle(self.events.get(timeout=LOOP_TICK))
@@ -173,21 +188,20 @@ class Appliance:
                 pass
             self._watchdog()
             self._track_printing()
-            self.panel.show(thinking=self.engine.busy_since is not None,
-                            busy=not self.idle or bool(self.link.flags & m.FLAG_PRINTING))
+            self._each("show", self.engine.busy_since is not None,
+                       not self.idle or bool(self.link.flags & m.FLAG_PRINTING))
 
     def _track_printing(self) -> None:
         """Record in the journal how much of the last reply the typewriter has struck."""
-        if self.journal is None or not self.reply_turn or self.print_seen >= self.print_sent:
+        sent = self.paper.sent
+        if self.journal is None or not self.reply_turn or self.print_seen >= sent:
             return
-        extent = max(0, min(self.print_sent, (self.link.printed - self.print_start) % 2**32))
+        extent = max(0, min(sent, self.paper.struck))
         if extent != self.print_seen and (self.reply is None or extent - self.print_seen >= 16):
             # Print bytes to characters of the reply's text (wrapping and bells add bytes).
             text = self.reply_text.strip()
-            chars = len(text) if extent >= self.print_sent else len(text) * extent // max(
-                1, self.print_sent)
-            self.journal.reply_printed(self.reply_turn, chars, self.print_start,
-                                       self.print_sent)
+            chars = len(text) if extent >= sent else len(text) * extent // max(1, sent)
+            self.journal.reply_printed(self.reply_turn, chars, self.paper.start, sent)
             self.print_seen = extent
 
     def _watchdog(self) -> None:
@@ -211,27 +225,32 @@ class Appliance:
     def control(self, request: dict) -> dict:
         """A request from the control socket (on its thread): answered, or handed to the loop."""
         command = request["command"]
+        speaks = any(output.speaks for output in self.outputs)
         if command == "status":
-            return {"ok": True, "persona": self.persona.name, "link": "up" if self.link.up
-                    else "down", "typewriter": self.link.peer_name, "port": self.link.port,
-                    "busy": self.reply is not None, "exchanges": len(self.conversation.exchanges),
-                    "replies": self.replies,
-                    "context_tokens": self.engine.context_tokens, "n_ctx": self.engine.n_ctx,
-                    "last_reply": self.conversation.last_reply, "overflow": self.link.overflow,
-                    "persona_error": self.last_switch_error,
-                    "last_reply_stats": self.last_reply_stats,
-                    "speech_start_s": self.speaker.first_sentence_delays() if self.speaker
-                    else [],
-                    "status": self.describe()}
-        if command in ("reset", "print") or (command == "say" and self.speaker is not None):
+            status = {"ok": True, "persona": self.persona.name, "link": "up" if self.link.up
+                      else "down", "typewriter": self.link.peer_name, "port": self.link.port,
+                      "busy": self.reply is not None,
+                      "exchanges": len(self.conversation.exchanges), "replies": self.replies,
+                      "context_tokens": self.engine.context_tokens, "n_ctx": self.engine.n_ctx,
+                      "last_reply": self.conversation.last_reply,
+                      "overflow": self.link.overflow, "persona_error": self.last_switch_error,
+                      "last_reply_stats": self.last_reply_stats, "speech_start_s": [],
+                      "status": self.describe()}
+            for output in self.outputs:
+                status.update(output.status())
+            return status
+        if command in ("reset", "print") or (command == "say" and speaks):
             answer: queue.Queue[dict] = queue.Queue()
-            self.events.put(("control", command, str(request.get("text", "")), answer))
+            self.events.put(Control(command, str(request.get("text", "")), answer))
             return answer.get(timeout=30)
-        if command == "persona" and self.switcher is not None:
+        if command == "persona" and self._switches is not None:
             return self._switch_request(str(request.get("text", "")))
         if command in ("say", "persona"):
             return {"ok": False, "error": f"{command} is not available on this appliance yet"}
         return {"ok": False, "error": f"unknown command {command!r}: use status, reset or print"}
+
+    def _control_event(self, event: Control) -> None:
+        event.answer.put(self._control(event.command, event.text))
 
     def _control(self, command: str, text: str) -> dict:
         if command == "reset":
@@ -241,10 +260,7 @@ class Appliance:
             return {"ok": False, "error": f"{command} needs some text"}
         if self.reply is not None:
             return {"ok": False, "error": "a reply is printing: try again when it is done"}
-        if command == "say":
-            self.speaker.say(text)
-        else:
-            self._typeset_line(text)
+        self._each("say" if command == "say" else "line", text)
         return {"ok": True}
 
     def describe(self) -> str:
@@ -256,33 +272,37 @@ class Appliance:
 
     @property
     def idle(self) -> bool:
-        """No reply being generated and nothing left to send to the typewriter or to say."""
-        return (self.reply is None and not self.waiting and self.link.unprinted == 0
-                and (self.speaker is None or self.speaker.idle))
+        """No reply being generated and nothing left to print or to say."""
+        return (self.reply is None and not self.waiting
+                and all(output.idle for output in self.outputs))
 
     # -- events -------------------------------------------------------------------------
 
-    def handle(self, event: tuple) -> None:
-        kind = event[0]
-        if kind == "keys":
-            for code in event[1]:
-                self._key(code, event[2])
-        elif kind == "piece" and event[1] is self.reply:
-            self._print_reply(event[2])
-        elif kind == "done" and event[1] is self.reply:
-            self._finish_reply(event[1])
-        elif kind == "control":
-            event[3].put(self._control(event[1], event[2]))
-        elif kind == "switch":
-            self._switch(event[1], event[2])
-        elif kind == "link":
-            log.info("link %s", event[1], extra={"PERSONA": self.persona.name,
-                                                 "LINK": event[1]})
-            self.panel.link(event[1])
-            self.notifier.status(self.describe())
+    def handle(self, event: Event) -> None:
+        self._handlers[type(event)](event)
 
-    def _key(self, code: int, batch: int = 0) -> None:
+    def _keys(self, event: Keys) -> None:
+        for i, code in enumerate(event.codes):
+            self._key(code, event.batch, i + 1)
+
+    def _piece(self, event: Piece) -> None:
+        if event.reply is self.reply:
+            self._print_reply(event.text)
+
+    def _done(self, event: Done) -> None:
+        if event.reply is self.reply:
+            self._finish_reply(event.reply)
+
+    def _link(self, event: LinkChanged) -> None:
+        log.info("link %s", event.state, extra={"PERSONA": self.persona.name,
+                                                "LINK": event.state})
+        self._each("link", event.state)
+        self.notifier.status(self.describe())
+
+    def _key(self, code: int, batch: int = 0, offset: Optional[int] = None) -> None:
+        """One key; `offset` counts the keys of its journal batch up to and including it."""
         self.at_line_start = code == 0x0A
+        self._each("typed", code)
         ev = self.editor.press(code)
         if ev is None:
             return
@@ -291,19 +311,16 @@ class Appliance:
         elif ev.kind == "submit":
             self.waiting.append(ev.text)
             if self.journal is not None:
-                self.journal.user_turn(ev.text, batch)
+                self.journal.user_turn(ev.text, batch, offset)
             self._next()
         elif ev.kind == "reset":
             self._reset()
         elif ev.kind == "reprint":
             if self.reply is None and self.conversation.last_reply:
-                self._typeset_line(self.conversation.last_reply)
-        elif ev.kind == "next_persona" and self.switcher is not None:
-            threading.Thread(target=self._switch_request, args=("next", True), daemon=True,
-                             name="switch").start()
-        elif ev.kind == "toggle_speech" and self.speaker is not None:
-            self.speaker.toggle()
-        elif ev.kind in ("next_persona", "toggle_speech"):
+                self._each("line", self.conversation.last_reply)
+        elif ev.kind == "next_persona" and self._switches is not None:
+            self._switch_request("next", on_paper=True, wait=False)
+        elif not any(output.function(ev.kind) for output in self.outputs):
             log.info("%s is not available on this appliance yet", ev.kind.replace("_", " "))
 
     def _reset(self) -> None:
@@ -311,9 +328,7 @@ class Appliance:
         if self.reply is not None:
             self.reply.cancel()
             self.reply = None
-        if self.speaker is not None:
-            self.speaker.stop()
-        self.link.cancel()
+        self._each("stop")
         self.waiting.clear()
         self.conversation.reset()
         if self.journal is not None:
@@ -330,17 +345,13 @@ class Appliance:
         self._unposted, self._posted_at = "", 0.0  # from here on the worker's
         self.reply = self.engine.generate(prompt, self.frame.stops, self.persona.generation,
                                           listener=self._heard)
-        self.panel.show(thinking=True, busy=True)  # however quick, the model works now
+        self._each("show", True, True)  # however quick, the model works now
         self.reply_message = message
         if self.journal is not None:
             self.reply_turn = self.journal.reply_started()
-        # Exact when the typewriter is idle at submit, which it is unless it is still
-        # printing something earlier.
-        self.print_start, self.print_sent, self.print_seen = self.link.printed, 0, -1
+        self.print_seen = -1
         self.reply_text = ""
-        if not self.at_line_start and self.printing:
-            self.link.print_text("\n")
-        self.typesetter.start(0)
+        self._each("reply_started")
 
     def _heard(self, reply: Reply, piece: Optional[str]) -> None:
         """A reply's piece, or its end (None), on the engine's worker thread.
@@ -355,40 +366,30 @@ class Appliance:
             if time.monotonic() - self._posted_at < PIECE_BATCH:
                 return
         if self._unposted:
-            self.events.put(("piece", reply, self._unposted))
+            self.events.put(Piece(reply, self._unposted))
             self._unposted, self._posted_at = "", time.monotonic()
         if piece is None:
             if reply.error is not None:
                 log.error("generation failed: %s", reply.error,
                           extra={"ERROR_KIND": "generation", "PERSONA": self.persona.name})
-            self.events.put(("done", reply))
+            self.events.put(Done(reply))
 
     def _print_reply(self, piece: str) -> None:
         if not self.reply_text:
             piece = piece.lstrip()
         self.reply_text += piece
-        if self.speaker is not None:
-            self.speaker.feed(piece, self.print_sent)
-        out = self.typesetter.feed(piece) if self.printing else ""
-        if out:
-            self.link.print_text(out)
-            self.print_sent += len(out)
-            if self.journal is not None:  # a word at a time, not a token at a time
-                self.journal.reply_text(self.reply_turn, self.reply_text, self.print_start,
-                                        self.print_sent)
+        sent = self.paper.sent
+        self._each("reply_piece", piece)
+        if self.journal is not None and self.paper.sent != sent:  # a word at a time
+            self.journal.reply_text(self.reply_turn, self.reply_text, self.paper.start,
+                                    self.paper.sent)
 
     def _finish_reply(self, reply: Reply) -> None:
         text = self.reply_text.strip()
-        tail = self.typesetter.finish()
-        if self.printing:
-            self.link.print_text(tail + "\n\n")
-        if self.speaker is not None:
-            self.speaker.finish()
-        self.print_sent += len(tail)
-        self.at_line_start = True
+        self._each("reply_ended")
         self.conversation.add(self.reply_message, text, reply)
         if self.journal is not None:
-            self.journal.reply_text(self.reply_turn, text, self.print_start, self.print_sent,
+            self.journal.reply_text(self.reply_turn, text, self.paper.start, self.paper.sent,
                                     done=True)
         log.info("reply: %d tokens (%s), prompt %d tokens of which %d evaluated at submit",
                  reply.tokens, reply.stop_reason, reply.prompt_tokens, reply.evaluated)
@@ -400,7 +401,7 @@ class Appliance:
             decoding > 0 else None}
         self.reply = None
         self.replies += 1
-        self.on_reply(text, reply)
+        self.at_line_start = True
         self._apply_pending_switch()
         self.notifier.status(self.describe())
         self._next()
@@ -421,62 +422,64 @@ class Appliance:
         else:
             self.engine.prefill(self.conversation.typing_tokens(typed))
 
-    def _typeset_line(self, text: str) -> None:
-        if not self.printing and self.speaker is not None:
-            self.speaker.say(text)
-            return
-        self.typesetter.start(0)
-        prefix = "" if self.at_line_start else "\n"
-        body = self.typesetter.feed(text) + self.typesetter.finish()
-        self.link.print_text(prefix + body + "\n\n")
-        self.at_line_start = True
-
     # -- switching persona --------------------------------------------------------------
 
-    def _switch_request(self, request: str, on_paper: bool = False) -> dict:
-        """Off the loop: validate (and maybe load) the persona while this one serves."""
-        assert self.switcher is not None
-        try:
-            current = self.switcher.installed_name(self.persona)
-            name = self.switcher.target(request, current or "")
-            if name == current:
-                return {"ok": True, "persona": self.persona.name, "note": "already active"}
-            plan = self.switcher.prepare(name, self.engine.model_path)
-        except SwitchError as e:
-            return self._switch_failed(str(e), on_paper)
+    def _switch_request(self, request: str, on_paper: bool = False, wait: bool = True) -> dict:
+        """Validate (and maybe load) the persona on the switch worker while this one serves.
+
+        `wait`: block until the switch is done or refused (the control socket's
+        thread); a key press does not wait.
+        """
         answer: queue.Queue[dict] = queue.Queue()
-        self.events.put(("switch", plan, answer))
-        result = answer.get(timeout=SWITCH_TIMEOUT)
-        if not result["ok"]:
-            return self._switch_failed(result["error"], on_paper)
-        return result
+        current = self.switcher.installed_name(self.persona)
+        model = self.engine.model_path
 
-    def _switch_failed(self, error: str, on_paper: bool) -> dict:
-        log.error("persona not switched: %s", error, extra={"ERROR_KIND": "persona"})
-        self.last_switch_error = error
-        if on_paper:
-            self.events.put(("control", "print", f"(persona not switched: {error})"[:200],
-                             queue.Queue()))
-        return {"ok": False, "error": error}
+        def prepare() -> None:
+            done: queue.Queue[dict] = queue.Queue()
+            try:
+                name = self.switcher.target(request, current or "")
+                if name == current:
+                    answer.put({"ok": True, "persona": self.persona.name,
+                                "note": "already active"})
+                    return
+                plan = self.switcher.prepare(name, model)
+                event = SwitchReady(plan, on_paper, done)
+            except SwitchError as e:
+                event = SwitchFailed(str(e), on_paper, done)
+            self.events.put(event)
+            answer.put(done.get(timeout=SWITCH_TIMEOUT))  # the loop's word, once it acted
 
-    def _switch(self, plan: Plan, answer: queue.Queue) -> None:
+        if not self._switches.start(prepare):
+            return {"ok": False, "error": "a persona switch is already under way: try again "
+                    "when it is done"}
+        return answer.get(timeout=SWITCH_TIMEOUT) if wait else {"ok": True}
+
+    def _switch_failed(self, event: SwitchFailed) -> None:
+        log.error("persona not switched: %s", event.error, extra={"ERROR_KIND": "persona"})
+        self.last_switch_error = event.error
+        if event.on_paper and self.reply is None:
+            self._each("line", f"(persona not switched: {event.error})"[:200])
+        event.done.put({"ok": False, "error": event.error})
+
+    def _switch(self, event: SwitchReady) -> None:
         """On the loop, between replies: the new persona takes over, or the old one stays."""
         if self.reply is not None:
-            self._pending_switch = (plan, answer)
+            self._pending_switch = event
             return
+        plan = event.plan
         old_persona, old_engine = self.persona, self.engine
         engine = plan.engine
         try:
             if engine is None:  # too little memory for both: the old model goes first
                 old_engine.close()
-                engine = self.switcher.load(plan.persona)
+                engine = self._pinging(lambda: self.switcher.load(plan.persona))
             self._adopt(plan.persona, engine)
         except (SwitchError, EngineError) as e:
             if engine is not None:
                 engine.close()
             if plan.engine is None:
-                self._adopt(old_persona, self.switcher.load(old_persona))
-            answer.put({"ok": False, "error": str(e)})
+                self._adopt(old_persona, self._pinging(lambda: self.switcher.load(old_persona)))
+            self._switch_failed(SwitchFailed(str(e), event.on_paper, event.done))
             return
         if plan.engine is not None:
             old_engine.close()
@@ -488,9 +491,40 @@ class Appliance:
                  extra={"PERSONA": plan.persona.name})
         self.notifier.status(self.describe())
         self._prefill(self.editor.text)
-        answer.put({"ok": True, "persona": plan.persona.name})
+        event.done.put({"ok": True, "persona": plan.persona.name})
+
+    def _pinging(self, load: Callable[[], Engine]) -> Engine:
+        """Load a model on the loop's behalf, pinging the watchdog until it is loaded."""
+        done: queue.Queue = queue.Queue()
+
+        def work() -> None:
+            try:
+                done.put((load(), None))
+            except BaseException as e:  # handed to the loop, which raises it
+                done.put((None, e))
+
+        threading.Thread(target=work, name="load", daemon=True).start()
+        while True:
+            try:
+                engine, error = done.get(timeout=LOOP_TICK)
+                break
+            except queue.Empty:
+                if self.notifier.watchdog_every is not None:
+                    self.notifier.watchdog()
+        if error is not None:
+            raise error
+        return engine
 
     def _apply_pending_switch(self) -> None:
         if self._pending_switch is not None and self.reply is None:
             pending, self._pending_switch = self._pending_switch, None
-            self._switch(*pending)
+            self._switch(pending)
+
+
+def outputs_for(paper: Output, speaker: Optional[Speaker], panel: Output) -> List[Output]:
+    """The outputs, in the order the loop calls them: paper, voice, panel (one place)."""
+    outputs = [paper]
+    if speaker is not None:
+        outputs.append(Voice(speaker, paper if isinstance(paper, Paper) else None))
+    outputs.append(panel)
+    return outputs

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from typing import Callable, Optional
+from typing import Optional
 
+from appliance.outputs.base import Output
 from firmware_bridge.board import messages as m
 
 log = logging.getLogger(__name__)
@@ -23,20 +24,8 @@ HOLD_SECONDS = 1.5  # a press held this long is "next persona", not "new convers
 PULSE_SECONDS = 1.0  # one breath of the thinking LED: shorter work still shows one
 
 
-class NoPanel:
+class NoPanel(Output):
     """No panel fitted: the appliance tells it everything and nothing happens."""
-
-    def __init__(self) -> None:
-        self.on_key: Callable[[int], None] = lambda code: None  # the appliance sets it
-
-    def show(self, thinking: bool, busy: bool) -> None:
-        pass
-
-    def link(self, state: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class Panel(NoPanel):

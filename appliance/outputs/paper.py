@@ -8,6 +8,12 @@ whole word is known and known to fit.
 from __future__ import annotations
 
 import unicodedata
+from typing import TYPE_CHECKING
+
+from appliance.outputs.base import Output
+
+if TYPE_CHECKING:
+    from firmware_bridge.host.link import Link
 
 # Characters NFKD cannot take to ASCII, mapped to what a typist would type.
 _MAP = {
@@ -130,3 +136,71 @@ class Typesetter:
             self.rang = True
             return BELL + ch
         return ch
+
+
+class NoPaper(Output):
+    """A typewriter with no print mechanism: nothing is struck, nothing is owed."""
+
+    start = 0
+    sent = 0
+    struck = 0
+
+
+class Paper(Output):
+    """The typewriter's paper: replies wrapped to the carriage and struck through the link.
+
+    It keeps the reply's print accounting (`start`, `sent`, `struck`), which the
+    journal records so a restart knows what is already on the paper.
+    """
+
+    def __init__(self, typewriter: Link, width: int = 65):
+        super().__init__()
+        self.typewriter = typewriter
+        self.typesetter = Typesetter(width=width)
+        self.at_line_start = True
+        self.start = 0  # the typewriter's printed counter when the reply began
+        self.sent = 0  # print bytes of the reply handed to the link so far
+        self.mark = 0  # where on the paper the latest piece starts (the voice paces to it)
+
+    @property
+    def struck(self) -> int:
+        """Print bytes of the reply the typewriter has struck."""
+        return (self.typewriter.printed - self.start) % 2**32
+
+    def typed(self, code: int) -> None:
+        self.at_line_start = code == 0x0A
+
+    def reply_started(self) -> None:
+        # Exact when the typewriter is idle at submit, which it is unless it is still
+        # printing something earlier.
+        self.start, self.sent, self.mark = self.typewriter.printed, 0, 0
+        if not self.at_line_start:
+            self.typewriter.print_text("\n")
+        self.typesetter.start(0)
+
+    def reply_piece(self, piece: str) -> None:
+        self.mark = self.sent
+        out = self.typesetter.feed(piece)
+        if out:
+            self.typewriter.print_text(out)
+            self.sent += len(out)
+
+    def reply_ended(self) -> None:
+        tail = self.typesetter.finish()
+        self.typewriter.print_text(tail + "\n\n")
+        self.sent += len(tail)
+        self.at_line_start = True
+
+    def line(self, text: str) -> None:
+        self.typesetter.start(0)
+        prefix = "" if self.at_line_start else "\n"
+        body = self.typesetter.feed(text) + self.typesetter.finish()
+        self.typewriter.print_text(prefix + body + "\n\n")
+        self.at_line_start = True
+
+    def stop(self) -> None:
+        self.typewriter.cancel()
+
+    @property
+    def idle(self) -> bool:
+        return self.typewriter.unprinted == 0

@@ -10,6 +10,7 @@ meanwhile wait in its queue. Any failure leaves the old persona in charge.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -23,8 +24,8 @@ from appliance.persona.validate import Limits, available_memory, needed_memory, 
 
 log = logging.getLogger(__name__)
 
-
 SWITCH_TIMEOUT = 600.0  # validating and loading a 1B model on a Pi 4 takes a while
+
 
 class SwitchError(UserError):
     """The persona was not switched; the old one still serves. The message says why."""
@@ -103,3 +104,31 @@ class Switcher:
         except (StoreError, OSError) as e:
             log.error("switched to %s but could not record it (%s): the next start uses the "
                       "previous persona", name, e)
+
+
+class SwitchWorker:
+    """The one thread that prepares a switch: at most one at a time, never on the loop.
+
+    Validation and loading take seconds to minutes; the job posts its results to
+    the loop as events, so only the loop changes the appliance's state.
+    """
+
+    def __init__(self) -> None:
+        self._busy = threading.Lock()
+
+    def start(self, job: Callable[[], None]) -> bool:
+        """Run job on the switch thread; False, doing nothing, while another is under way."""
+        if not self._busy.acquire(blocking=False):
+            return False
+
+        def run() -> None:
+            try:
+                job()
+            except Exception:  # a bug in a job must not keep every later switch out
+                log.exception("persona switch failed")
+            finally:
+                self._busy.release()
+
+        threading.Thread(target=run, name="switch", daemon=True).start()
+        return True
+

@@ -4,8 +4,9 @@ Keys are the source of truth. Each batch the typewriter sends is committed,
 with the firmware's boot_id and the frame's sequence number, *before* it is
 acknowledged on the wire, so a key the typewriter was told we have is never
 lost, and after a restart a retransmitted batch is known for a duplicate.
-A submitted message records the last key it consumed; keys after that are
-the line in progress, replayed into the line editor after a crash.
+A submitted message records the last key it consumed (its batch, and how many
+of that batch's keys); keys after that are the line in progress, replayed into
+the line editor after a crash.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ CREATE TABLE IF NOT EXISTS keys (
 CREATE TABLE IF NOT EXISTS turns (
     id INTEGER PRIMARY KEY, at REAL NOT NULL, conversation INTEGER NOT NULL,
     role TEXT NOT NULL CHECK (role IN ('user', 'character')), text TEXT NOT NULL,
-    last_key INTEGER, done INTEGER NOT NULL DEFAULT 0,
+    last_key INTEGER, last_offset INTEGER, done INTEGER NOT NULL DEFAULT 0,
     printed INTEGER NOT NULL DEFAULT 0,   -- characters of text struck on paper
     print_start INTEGER, print_bytes INTEGER);  -- typewriter counter at start, bytes sent
 CREATE TABLE IF NOT EXISTS conversations (id INTEGER PRIMARY KEY, at REAL NOT NULL);
@@ -56,6 +57,9 @@ class Journal:
             self._turns = self._connect("NORMAL")
             with self._turns:
                 self._turns.executescript(SCHEMA)
+                columns = {row[1] for row in self._turns.execute("PRAGMA table_info(turns)")}
+                if "last_offset" not in columns:  # a journal written before keys were counted
+                    self._turns.execute("ALTER TABLE turns ADD COLUMN last_offset INTEGER")
                 if self._turns.execute("SELECT COUNT(*) FROM conversations").fetchone()[0] == 0:
                     self._turns.execute("INSERT INTO conversations (at) VALUES (?)", (time.time(),))
         except (OSError, sqlite3.Error) as e:
@@ -107,12 +111,23 @@ class Journal:
         row = self._turns.execute("SELECT boot_id, seq FROM link WHERE id = 1").fetchone()
         return (row[0], row[1]) if row else None
 
-    def unconsumed_keys(self) -> List[Tuple[int, bytes]]:
-        """Key batches no submitted message has consumed yet: the line in progress."""
-        row = self._turns.execute("SELECT MAX(last_key) FROM turns").fetchone()
-        after = row[0] or 0
-        return [(r[0], bytes(r[1])) for r in self._turns.execute(
-            "SELECT id, codes FROM keys WHERE id > ? ORDER BY id", (after,))]
+    def unconsumed_keys(self) -> List[Tuple[int, int, bytes]]:
+        """Keys no submitted message has consumed yet, the line in progress:
+        (batch, offset of the first key in its batch, codes), oldest first."""
+        row = self._turns.execute(
+            "SELECT last_key, last_offset FROM turns WHERE last_key IS NOT NULL "
+            "ORDER BY last_key DESC, last_offset IS NULL DESC, last_offset DESC "
+            "LIMIT 1").fetchone()
+        batch, offset = row if row else (0, None)
+        keys = []
+        for key_id, codes in self._turns.execute(
+                "SELECT id, codes FROM keys WHERE id >= ? ORDER BY id", (batch,)):
+            start = 0
+            if key_id == batch:  # the batch the last message came from: what followed it
+                start = len(codes) if offset is None else offset
+            if start < len(codes):
+                keys.append((key_id, start, bytes(codes[start:])))
+        return keys
 
     def last_key_id(self) -> int:
         row = self._turns.execute("SELECT MAX(id) FROM keys").fetchone()
@@ -128,12 +143,13 @@ class Journal:
         with self._turns:
             self._turns.execute("INSERT INTO conversations (at) VALUES (?)", (time.time(),))
 
-    def user_turn(self, message: str, last_key: int) -> None:
+    def user_turn(self, message: str, last_key: int, offset: Optional[int] = None) -> None:
+        """A submitted message, consuming its batch's first `offset` keys (None: all)."""
         with self._turns:
             self._turns.execute(
-                "INSERT INTO turns (at, conversation, role, text, last_key, done) "
-                "VALUES (?, ?, 'user', ?, ?, 1)", (time.time(), self.conversation, message,
-                                                   last_key))
+                "INSERT INTO turns (at, conversation, role, text, last_key, last_offset, done) "
+                "VALUES (?, ?, 'user', ?, ?, ?, 1)", (time.time(), self.conversation, message,
+                                                      last_key, offset))
 
     def reply_started(self) -> int:
         with self._turns:

@@ -98,8 +98,8 @@ def check(port: str, timeout: float = 3.0) -> Tuple[str, int, int, int]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for event in session.feed(serial_port.read(256)):
-                if event[0] in ("welcome", "hello"):
-                    return event[4], event[1], event[2], event[3]
+                if event.kind in ("welcome", "hello"):
+                    return event.name, event.version, event.caps, event.boot_id
     finally:
         serial_port.close()
     raise FlashError(f"no typewriter firmware answered on {port} within {timeout:.0f} s: check "

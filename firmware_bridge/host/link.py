@@ -23,7 +23,7 @@ import serial
 from appliance.errors import UserError
 from firmware_bridge.board import messages as m
 from firmware_bridge.board.framing import MAX_BODY
-from firmware_bridge.board.session import Session
+from firmware_bridge.board.session import Greeting, Restarted, Session, Status
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ class Link:
         self.flags = 0
         self._serial: Optional[serial.Serial] = None
         self._to_print: deque = deque()
+        self._handlers = {"hello": self._greeted, "welcome": self._greeted,
+                          "status": self._status, "restarted": self._restarted}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -195,22 +197,27 @@ class Link:
             self._serial.timeout = wait
 
     def _handle(self, event: tuple) -> None:
-        kind = event[0]
-        if kind in ("hello", "welcome"):
-            self.peer_name = event[4]
-            if not self.up:
-                self.up = True
-                log.info("link up: %s (%s)", self.peer_name, self.port)
-                self.on_change("up")
-        elif kind == "status":
-            self.flags, self.column, _credits, self.printed = event[1:5]
-            if self.flags & m.FLAG_OVERFLOW and not self.overflow:
-                self.overflow = True
-                log.warning("the typewriter's keyboard buffer overflowed: some keys were lost")
-                self.on_change("overflow")
-        elif kind == "restarted":
-            log.info("typewriter restarted (boot_id %08x)", event[1])
-            self.on_change("restarted")
+        handler = self._handlers.get(event.kind)
+        if handler is not None:
+            handler(event)
+
+    def _greeted(self, event: Greeting) -> None:
+        self.peer_name = event.name
+        if not self.up:
+            self.up = True
+            log.info("link up: %s (%s)", self.peer_name, self.port)
+            self.on_change("up")
+
+    def _status(self, event: Status) -> None:
+        self.flags, self.column, self.printed = event.flags, event.column, event.printed
+        if self.flags & m.FLAG_OVERFLOW and not self.overflow:
+            self.overflow = True
+            log.warning("the typewriter's keyboard buffer overflowed: some keys were lost")
+            self.on_change("overflow")
+
+    def _restarted(self, event: Restarted) -> None:
+        log.info("typewriter restarted (boot_id %08x)", event.boot_id)
+        self.on_change("restarted")
 
     def _feed_print(self) -> None:
         """Hand the next chunk of print text to the session when the firmware has room."""

@@ -76,3 +76,33 @@ def test_a_message_sent_while_busy_waits_its_turn(rig):
     sim.type_text("First\n\nSecond\n\n")
     assert wait_for(lambda: app.replies == 2 and app.idle)
     assert [t for r, t in app.conversation.history if r == "user"] == ["First", "Second"]
+
+
+def test_keys_typed_after_a_submit_in_one_batch_are_restored_after_a_crash(script_persona,
+                                                                          tmp_path):
+    """One batch (a resend after the host was away) holds a message, its Return Return and
+    the start of the next line: after a crash the next line is still being typed."""
+    from appliance.core.events import Keys
+    from appliance.system.journal import Journal
+
+    persona = Persona.load(script_persona)
+    engine = Engine(persona.model_path, n_ctx=512, n_threads=2).start()
+    sim = SimulatedTypewriter(width=65, cps=400, cr_seconds=0.01)
+    try:
+        journal = Journal(tmp_path)
+        port = sim.start()
+        app = Appliance(persona, engine, port, journal=journal)
+        batch = journal.accept_keys(1, 0, b"Hi\n\nnext")
+        app.handle(Keys(b"Hi\n\nnext", batch))
+        assert app.editor.typed == "next"
+        journal.close()  # the crash: nothing else is written
+        journal = Journal(tmp_path)
+        restored = Appliance(persona, engine, port, journal=journal)
+        restored._restore(journal)
+        assert restored.editor.typed == "next"
+        assert restored.reply_message == "Hi", "the unanswered message is answered"
+        restored.reply.cancel()
+        journal.close()
+    finally:
+        sim.stop()
+        engine.close()

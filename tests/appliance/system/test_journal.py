@@ -22,7 +22,7 @@ def test_keys_and_link_state_survive_a_reopen(tmp_path):
     j.close()
     j = Journal(tmp_path)
     assert j.link_state() == (0xAB, 8)
-    assert j.unconsumed_keys() == [(first, b"Hel"), (first + 1, b"lo")]
+    assert j.unconsumed_keys() == [(first, 0, b"Hel"), (first + 1, 0, b"lo")]
 
 
 def test_keys_and_link_state_commit_together(tmp_path):
@@ -33,7 +33,7 @@ def test_keys_and_link_state_commit_together(tmp_path):
     with pytest.raises(sqlite3.OperationalError, match="no such table"):
         journal.accept_keys(7, 2, b"cd")
     journal._keys.execute("ALTER TABLE gone RENAME TO link")
-    assert journal.unconsumed_keys() == [(1, b"ab")] and journal.link_state() == (7, 1)
+    assert journal.unconsumed_keys() == [(1, 0, b"ab")] and journal.link_state() == (7, 1)
     journal.close()
 
 
@@ -42,7 +42,7 @@ def test_a_submitted_message_consumes_its_keys(tmp_path):
     j.accept_keys(1, 0, b"Hi\n\n")
     j.user_turn("Hi", j.last_key_id())
     batch = j.accept_keys(1, 1, b"nex")
-    assert j.unconsumed_keys() == [(batch, b"nex")]
+    assert j.unconsumed_keys() == [(batch, 0, b"nex")]
     assert j.unanswered() == "Hi"
     turn = j.reply_started()
     j.reply_text(turn, "Good", 0, 4)
@@ -52,6 +52,22 @@ def test_a_submitted_message_consumes_its_keys(tmp_path):
     assert j.exchanges() == [("Hi", "Good morrow.")]
     j.new_conversation()
     assert j.exchanges() == []
+
+
+def test_keys_after_a_submit_in_the_same_batch_survive_a_crash(tmp_path):
+    """A resent batch often holds a Return Return and the start of the next line: the
+    submit consumes only the keys up to it, never the ones typed after it."""
+    j = Journal(tmp_path)
+    batch = j.accept_keys(1, 0, b"Hi\n\nnext")
+    j.user_turn("Hi", batch, 4)  # the 4th key of the batch, the second Return, submitted it
+    j.close()
+    j = Journal(tmp_path)
+    assert j.unconsumed_keys() == [(batch, 4, b"next")]
+    later = j.accept_keys(1, 1, b" one")
+    assert j.unconsumed_keys() == [(batch, 4, b"next"), (later, 0, b" one")]
+    j.user_turn("next one", later, 4)
+    assert j.unconsumed_keys() == []
+    j.close()
 
 
 def test_export_text_and_json(tmp_path):

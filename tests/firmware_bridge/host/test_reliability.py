@@ -246,7 +246,7 @@ def run_link(tmp_path, line_damage: float, unplug: bool):
             link.close()
             line.close()
         overflowed = sim.device.overflowed
-    delivered = b"".join(codes for _, codes in journal.unconsumed_keys())
+    delivered = b"".join(codes for _, _, codes in journal.unconsumed_keys())
     journal.close()
     return counts(typed, delivered), (line.damaged, line.carried), reconnects, overflowed
 

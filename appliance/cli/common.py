@@ -17,9 +17,11 @@ from appliance.system.paths import cache_dir, xdg
 
 
 def model_for(persona: Persona, override: Optional[str]) -> Path:
-    """The model to run: --model, the persona's own, or a synthetic stand-in made on first use."""
+    """The model to run: --model, the persona's own (a base persona's base, checked to be the
+    one its adapter was trained on), or a synthetic stand-in made on first use."""
     if override:
         return Path(override)
+    persona.check_base()
     if persona.model_path.exists() or not persona.synthetic:
         return persona.model_path
     try:
@@ -48,8 +50,8 @@ def engine_for(persona: Persona, args: argparse.Namespace,
         )
     mmap = {"auto": None, "on": True, "off": False}[args.mmap]
     return Engine(model, n_ctx=args.ctx, n_threads=args.threads,
-                  seed=persona.generation.seed, mmap=mmap,
-                  kv_quant=args.kv == "q8_0").start()
+                  seed=persona.generation.seed, mmap=mmap, kv_quant=args.kv == "q8_0",
+                  adapter=None if override else persona.adapter_path).start()
 
 
 def synthetic(shape: str, script: Optional[str] = None, tag: str = "") -> Path:

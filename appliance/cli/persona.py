@@ -209,8 +209,13 @@ def _register_build(psub: argparse._SubParsersAction) -> None:
                        ".fountain screenplay")
     build.add_argument("--character", required=True, help="the speaker to become, as named "
                        "in the dialogue")
-    build.add_argument("--base", default="none", help="none: train from scratch; or a Hugging "
-                       "Face LLaMA checkpoint folder to fine-tune with LoRA")
+    build.add_argument("--base", default="none", help="a pretrained base to fine-tune with "
+                       "LoRA: a known name (typewriter model fetch lists them: smollm2-135m) "
+                       "or a LLaMA .gguf path; none: a small model from scratch")
+    build.add_argument("--merge", action="store_true", help="on a base: also write the "
+                       "merged model, quantized (merged.gguf), for boards without adapters")
+    build.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                       help="where to train (accelerate launch also works)")
     build.add_argument("--max-steps", type=POSITIVE, help="at most this many steps per "
                        "training stage (quick runs)")
     build.add_argument("--out", required=True, help="the bundle folder to write")
@@ -250,7 +255,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise UserError(f"persona build needs the training tools ({e.name} is missing): "
                        "pip install 'typewriter-appliance[train]'") from None
-    base = None if args.base == "none" else str(Path(args.base).absolute())
+    from appliance.engine.bases import BASES
+
+    base = (None if args.base == "none" else args.base if args.base in BASES
+            else str(Path(args.base).absolute()))
     sizes = {k: getattr(args, k) for k in ("vocab", "embd", "layers", "batch", "window")
              if getattr(args, k)}
     if "embd" in sizes:  # heads of 64, feed-forward three times the width
@@ -259,17 +267,20 @@ def cmd_build(args: argparse.Namespace) -> int:
                   base=base, max_steps=args.max_steps, format=args.format,
                   user_label=args.user_label, preamble=args.preamble, quant=args.quant,
                   licence=args.licence, source=args.source, identity=args.identity,
-                  replace=args.replace,
+                  replace=args.replace, merge=args.merge, device=args.device,
                   work=Path(args.work) if args.work else None,
                   command=["typewriter", *sys.argv[1:]])
     previous = signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: resumable
     try:
-        result = build(req, Recipe(base=base, **sizes), say=lambda s: print(s, file=sys.stderr))
+        recipe = Recipe.on_base(base, **sizes) if base else Recipe(**sizes)
+        result = build(req, recipe, say=lambda s: print(s, file=sys.stderr))
     except BuildError as e:
         raise UserError(str(e)) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
     s = result.summary
+    if not s:  # another of accelerate's processes: the main one reports
+        return 0
     print(f"wrote {result.out}: {s['name']}, {s['params'] / 1e6:.1f}M params, "
           f"{s['model_bytes'] / 1e6:.1f} MB {s['quant']}, trained {s['train_seconds']:.0f} s"
           + ("" if s["check"] is None else

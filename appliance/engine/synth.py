@@ -325,7 +325,7 @@ def write_llama(path: Path, shape: Shape, vocab: Tuple[List[str], List[int], Lis
 
 
 @contextmanager
-def _quiet_llama() -> Iterator[None]:
+def quiet_llama() -> Iterator[None]:
     """Silence llama.cpp's log (it lists every tensor while quantizing).
 
     llama-cpp-python maps llama.cpp's log levels with an outdated enum, so
@@ -349,7 +349,7 @@ def quantize(src: Path, dst: Path, quant: str) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANTS[quant])
     params.nthread = os.cpu_count() or 1
-    with _quiet_llama():
+    with quiet_llama():
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(),
                                             ctypes.byref(params))
     if rc != 0:
@@ -389,7 +389,7 @@ def chars_per_token(model: Path, text: str) -> float:
 
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = True
-    with _quiet_llama():
+    with quiet_llama():
         handle = llama_cpp.llama_model_load_from_file(str(model).encode(), params)
     if not handle:
         raise RuntimeError(f"llama.cpp could not load the vocabulary of {model}")

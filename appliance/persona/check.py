@@ -5,9 +5,12 @@ appliance would answer it (the persona's frame and stops, a fresh
 conversation, the engine) but with greedy decoding, so a result repeats.
 
 Gating probes are what a persona must do on paper: give its own name when
-asked (a small model left to itself calls itself "John"), stay in the frame
-(its reply is one line of its own, never the next speaker's turn), and end
-within the length cap. The classic probes (Sally-Anne false belief, Smarties
+asked in words the builder's identity examples never used (a model that only
+learned those questions by rote fails: a small model left to itself calls
+itself "John"), stay in the frame (its reply is one line of its own, never the
+next speaker's turn), end within the length cap, and not be a parrot (it does
+not echo the message, and different messages get different replies). The
+classic probes (Sally-Anne false belief, Smarties
 unexpected contents, few-shot topic classification) are recorded, not
 gating: a model of a few million parameters is not expected to pass them.
 """
@@ -23,7 +26,8 @@ from appliance.core.conversation import Conversation
 from appliance.engine.worker import Engine
 from appliance.persona.spec import Persona, make_frame
 
-NAME_QUESTIONS = ("What is your name?", "Who are you?")
+# Unlike every question in build.examples.IDENTITY_QUESTIONS (a test holds them apart).
+NAME_QUESTIONS = ("Pray, what do they call you, lady?", "By what name shall I know you?")
 FRAME_MESSAGES = ("Good morrow.", "What news from the town?", "Where are you going tonight?",
                   "Tell me what you fear.")
 # (probe, message, words any of which counts as the expected answer)
@@ -38,6 +42,11 @@ CLASSIC: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = (
      ("sport",)),
 )
 _LABEL = re.compile(r"\b[A-Z][A-Za-z]*(?: [A-Z][A-Za-z]*)*:")
+_NLL = re.compile(r"NLL per reply token: base alone ([0-9.]+), persona ([0-9.]+)")
+
+
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"[a-z']+", text.lower()))
 
 
 def _has_word(text: str, word: str) -> bool:
@@ -77,8 +86,10 @@ def probes(prober: Prober) -> List[Dict]:
         reply, _, _ = prober.ask(question)
         row("own name", True, question, reply, _has_word(reply, first_name),
             f"says {first_name!r}")
+    replies = []
     for message in FRAME_MESSAGES:
         reply, reason, stopped_at = prober.ask(message)
+        replies.append(reply)
         label = _LABEL.search(reply)
         in_frame = bool(reply) and label is None and stopped_at != f"{persona.frame.user_label}:"
         why = ("empty reply" if not reply else f"writes a turn: {label.group(0)!r}" if label
@@ -87,6 +98,12 @@ def probes(prober: Prober) -> List[Dict]:
         row("ends in cap", True, message, reply, reason != "length",
             f"ended by {reason} within {prober.sampling.max_tokens} tokens"
             if reason != "length" else f"still going after {prober.sampling.max_tokens} tokens")
+    echoes = [m for m, r in zip(FRAME_MESSAGES, replies) if _words(r) == _words(m)]
+    distinct = len({_words(r) for r in replies})
+    row("not a parrot", True, " / ".join(FRAME_MESSAGES), " / ".join(replies),
+        not echoes and distinct == len(replies),
+        f"echoes {echoes[0]!r}" if echoes else f"{distinct} distinct replies to "
+        f"{len(replies)} messages")
     for probe, message, expected in CLASSIC:
         reply, _, _ = prober.ask(message)
         row(probe, False, message, reply, any(_has_word(reply, w) for w in expected),
@@ -97,13 +114,25 @@ def probes(prober: Prober) -> List[Dict]:
 def run_check(folder: Path, n_ctx: int = 1024, threads: Optional[int] = None) -> Dict:
     """Run the battery on a persona folder; the JSON-ready result."""
     persona = Persona.load(Path(folder))
-    engine = Engine(persona.model_path, n_ctx=n_ctx, n_threads=threads, seed=0).start()
+    persona.check_base()
+    engine = Engine(persona.model_path, n_ctx=n_ctx, n_threads=threads, seed=0,
+                    adapter=persona.adapter_path).start()
     try:
         rows = probes(Prober(persona, engine))
     finally:
         engine.close()
     return {"persona": persona.name, "bundle": str(folder),
-            "gating_passed": all(r["passed"] for r in rows if r["gating"]), "probes": rows}
+            "gating_passed": all(r["passed"] for r in rows if r["gating"]), "probes": rows,
+            "nll": card_nll(Path(folder))}
+
+
+def card_nll(folder: Path) -> Optional[Dict[str, float]]:
+    """The held-out NLL per token the build recorded in card.md (base alone and persona)."""
+    try:
+        found = _NLL.search((folder / "card.md").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return None
+    return {"base": float(found.group(1)), "persona": float(found.group(2))} if found else None
 
 
 def _clip(text: str, width: int) -> str:
@@ -117,5 +146,8 @@ def table(result: Dict) -> str:
         lines.append(f"{r['probe']:<12} {'yes' if r['gating'] else 'no':<6} "
                      f"{'pass' if r['passed'] else 'FAIL':<6} {_clip(r['message'], 28):<28} "
                      f"{_clip(r['reply'], 60)}")
+    if result.get("nll"):
+        lines.append(f"held-out NLL per token (card.md): persona {result['nll']['persona']:.3f}"
+                     f", base alone {result['nll']['base']:.3f}")
     lines.append(f"gating probes: {'all passed' if result['gating_passed'] else 'FAILED'}")
     return "\n".join(lines)

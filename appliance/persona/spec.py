@@ -1,5 +1,12 @@
 """A persona: `persona.toml` and a GGUF model in one folder, and its prompt frame.
 
+The model is either whole (`model = "model.gguf"`) or a LoRA adapter on a
+pretrained base (`base = "smollm2-135m"`, `base_sha256`, `adapter =
+"adapter.gguf"`): personas on one base share its weights, so a switch between
+them swaps a few MB of adapter instead of reloading the model. The base is
+named by its sha256 because an adapter is only right for the exact weights it
+was trained on.
+
 Base models (most tiny fine-tunes) get a dialogue document, one line per turn,
 ending with the character's label; the reply ends at the end of its line, so
 the model never types an invented next turn. Chat models get the GGUF's own
@@ -14,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from appliance.engine import bases
 from appliance.engine.gguf_header import is_gguf
 from appliance.engine.worker import Sampling
 from appliance.errors import UserError
@@ -62,10 +70,31 @@ class Persona:
     frame: FrameConfig = field(default_factory=FrameConfig)
     generation: Generation = field(default_factory=Generation)
     speech: Speech = field(default_factory=Speech)
+    base: Optional[str] = None  # a base persona's base: a known name or a GGUF path
+    base_sha256: Optional[str] = None
+    adapter_path: Optional[Path] = None  # the LoRA adapter on model_path (the base)
 
     @property
     def model_missing(self) -> bool:
         return not self.model_path.exists()
+
+    def check_base(self) -> None:
+        """A base persona's base is there and is the one it was trained on; else the fix.
+
+        Reads the whole base once per file version (bases.sha256_of caches it).
+        """
+        if self.base is None:
+            return
+        where = f"{self.folder / 'persona.toml'}: base"
+        fix = (f"run `typewriter model fetch {self.base}`" if self.base in bases.BASES
+               else f"put the base model back at {self.model_path}")
+        if not self.model_path.is_file():
+            raise PersonaError(f"{where}: the base model {self.model_path} is missing: {fix}")
+        found = bases.sha256_of(self.model_path)
+        if found != self.base_sha256:
+            raise PersonaError(f"{where}: {self.model_path} has sha256 {found[:16]}..., but the "
+                               f"adapter was trained on {self.base_sha256[:16]}...: {fix} "
+                               "(or rebuild the persona on this base)")
 
     @classmethod
     def load(cls, folder: Path) -> Persona:
@@ -75,7 +104,7 @@ class Persona:
 # -- loading and validation --------------------------------------------------------------
 
 _TOP = {"name": str, "description": str, "model": str, "synthetic": str, "frame": dict,
-        "generation": dict, "speech": dict}
+        "generation": dict, "speech": dict, "base": str, "base_sha256": str, "adapter": str}
 _FRAME = {"kind": str, "user_label": str, "character_label": str, "preamble": str,
           "system": str, "examples": list}
 _GENERATION: Dict[str, Tuple[type, float, float]] = {
@@ -135,10 +164,12 @@ def _load(folder: Path) -> Persona:
     check = _Checker(path)
     check.table(data, _TOP, "")
     name = check.text(data, "name", "")
-    model = check.text(data, "model", "")
     frame = _frame(check, data.get("frame", {}))
     generation = _generation(check, data.get("generation", {}))
     speech = _speech(check, data.get("speech", {}))
+    if "base" in data or "adapter" in data or "base_sha256" in data:
+        return _base_persona(check, data, folder, name, frame, generation, speech)
+    model = check.text(data, "model", "")
     model_path = Path(model) if Path(model).is_absolute() else folder / model
     synthetic = data.get("synthetic")
     if synthetic is not None:
@@ -155,18 +186,47 @@ def _load(folder: Path) -> Persona:
     return persona
 
 
-def _check_model(check: _Checker, path: Path) -> None:
+def _base_persona(check: _Checker, data: Dict[str, Any], folder: Path, name: str,
+                  frame: FrameConfig, generation: Generation, speech: Speech) -> Persona:
+    """base + base_sha256 + adapter, all three; the base may be absent until fetched."""
+    for key in ("model", "synthetic"):
+        if key in data:
+            raise check.fail(key, "a persona is either a whole model (model = ...) or an "
+                             "adapter on a base (base, base_sha256, adapter): remove one")
+    base = check.text(data, "base", "").strip()
+    digest = check.text(data, "base_sha256", "").strip().lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise check.fail("base_sha256", f"{digest!r} is not a sha256 (64 hex digits): copy it "
+                         "from `sha256sum BASE.gguf`")
+    adapter = check.text(data, "adapter", "")
+    if base in bases.BASES:
+        model_path = bases.installed_path(base)
+    elif base.endswith(".gguf"):
+        model_path = Path(base) if Path(base).is_absolute() else folder / base
+    else:
+        raise check.fail("base", f"{base!r} is neither a known base ({', '.join(bases.BASES)}) "
+                         "nor the path of a .gguf file")
+    adapter_path = Path(adapter) if Path(adapter).is_absolute() else folder / adapter
+    _check_model(check, adapter_path, "adapter")
+    return Persona(name=name, folder=folder, model_path=model_path,
+                   description=data.get("description", ""), frame=frame,
+                   generation=generation, speech=speech, base=base, base_sha256=digest,
+                   adapter_path=adapter_path)
+
+
+def _check_model(check: _Checker, path: Path, key: str = "model") -> None:
     """Only the magic: a truncated or corrupt GGUF is the engine's to report when it loads."""
     try:
         gguf = is_gguf(path)
     except FileNotFoundError:
-        raise check.fail("model", f"model file {path} does not exist: copy the .gguf into the "
+        raise check.fail(key, f"{key} file {path} does not exist: copy the .gguf into the "
                          "persona folder or fix the path") from None
     except OSError as e:
-        raise check.fail("model", f"cannot read {path} ({e.strerror}): point model at a "
+        raise check.fail(key, f"cannot read {path} ({e.strerror}): point {key} at a "
                          "readable .gguf file") from e
     if not gguf:
-        raise check.fail("model", f"{path} is not a GGUF model (it does not start with 'GGUF'): "
+        kind = "model" if key == "model" else "adapter"
+        raise check.fail(key, f"{path} is not a GGUF {kind} (it does not start with 'GGUF'): "
                          "convert it with llama.cpp or pick a .gguf file")
 
 

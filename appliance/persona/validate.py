@@ -172,13 +172,22 @@ def run_checks(bundle: Path, memory: int, n_ctx: int, threads: int) -> bool:
         verify(bundle)
         _report("checksums", True, "every file matches SHA256SUMS")
         persona = Persona.load(bundle)
-        if persona.model_path.resolve().parent != bundle.resolve():
-            raise PersonaError(f"{bundle / 'persona.toml'}: model: {persona.model_path} is "
+        inside, key = ((persona.adapter_path, "adapter") if persona.base is not None
+                       else (persona.model_path, "model"))
+        if inside.resolve().parent != bundle.resolve():
+            raise PersonaError(f"{bundle / 'persona.toml'}: {key}: {inside} is "
                                "outside the bundle; give a file name inside it")
         _report("persona", True, f"{persona.name}: persona.toml is valid")
     except (BundleError, PersonaError) as e:
         _report("persona" if isinstance(e, PersonaError) else "checksums", False, str(e))
         return False
+    if persona.base is not None:
+        try:
+            persona.check_base()
+        except PersonaError as e:
+            _report("base", False, str(e))
+            return False
+        _report("base", True, f"{persona.base}: sha256 matches the adapter's base")
     try:
         header = read_header(persona.model_path)
     except HeaderError as e:
@@ -192,12 +201,39 @@ def run_checks(bundle: Path, memory: int, n_ctx: int, threads: int) -> bool:
         return False
     _report("architecture", True, header.architecture)
     need = needed_memory(header, n_ctx)
+    if persona.adapter_path is not None:
+        adapter = _adapter_header(persona.adapter_path, header)
+        if adapter is None:
+            return False
+        need += adapter.file_size
     if need > memory:
         _report("memory", False, f"needs ~{need >> 20} MiB with a {n_ctx}-token context, the "
                 f"board has {memory >> 20} MiB: quantize smaller (Q4_0) or lower the context")
         return False
     _report("memory", True, f"needs ~{need >> 20} of {memory >> 20} MiB")
     return _template(persona, header) and _generates(persona, threads)
+
+
+def _adapter_header(path: Path, base: Header) -> Optional[Header]:
+    """A LoRA adapter GGUF for this base's architecture (bounded header read), else None."""
+    try:
+        header = read_header(path)
+    except HeaderError as e:
+        _report("adapter", False, str(e))
+        return None
+    kind = (header.metadata.get("general.type"), header.metadata.get("adapter.type"))
+    if kind != ("adapter", "lora"):
+        _report("adapter", False, f"{path.name}: general.type {kind[0]!r} and adapter.type "
+                f"{kind[1]!r}, not a LoRA adapter ('adapter', 'lora'): export it with "
+                "typewriter persona build")
+        return None
+    if header.architecture != base.architecture:
+        _report("adapter", False, f"{path.name} is for {header.architecture!r}, its base is "
+                f"{base.architecture!r}: rebuild the persona on its base")
+        return None
+    _report("adapter", True, f"LoRA, {len(header.tensors)} tensors, "
+            f"{header.file_size / 1e6:.1f} MB")
+    return header
 
 
 def _template(persona: Persona, header: Header) -> bool:
@@ -222,7 +258,8 @@ def _generates(persona: Persona, threads: int) -> bool:
 
     started = time.monotonic()
     try:
-        engine = Engine(persona.model_path, n_ctx=PROBE_CTX, n_threads=threads, seed=0).start()
+        engine = Engine(persona.model_path, n_ctx=PROBE_CTX, n_threads=threads, seed=0,
+                        adapter=persona.adapter_path).start()
     except EngineError as e:
         _report("loads", False, str(e))
         return False

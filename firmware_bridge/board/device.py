@@ -21,7 +21,6 @@ STATUS_EVERY = 1.0  # liveness: the host declares the link down after 3 s of sil
 # Changes closer together than this share one STATUS (a fast print mechanism
 # would otherwise send one per character); flag changes are never delayed.
 STATUS_COALESCE = 0.02
-HELLO_EVERY = 1.0
 
 
 class Ring:
@@ -96,12 +95,11 @@ class Device:
         self.printed_count = 0
         self._status = None  # the last STATUS sent: (flags, column, credits, printed)
         self._status_at = -STATUS_EVERY
-        self._hello_at = -HELLO_EVERY
 
     def boot(self) -> None:
-        """Say HELLO: the host learns this boot_id and forgets our old sequence."""
+        """Say HELLO: the host learns this boot_id and forgets our old sequence. The
+        session repeats it every second until the host greets back."""
         self.session.hello()
-        self._hello_at = self.clock()
 
     def credits(self) -> int:
         """Free room in the print queue: what ACK and STATUS advertise."""
@@ -177,12 +175,6 @@ class Device:
     def output(self) -> bytes:
         """Bytes for the host: keys in batches, STATUS when something changed."""
         now = self.clock()
-        if self.session.peer_boot_id is None:
-            # Nobody has answered since boot. Keys wait: a host that restored an
-            # old boot_id must see our HELLO or WELCOME before a KEY whose seq
-            # could look like a duplicate. HELLO repeats in case it was lost.
-            if now - self._hello_at >= HELLO_EVERY:
-                self.boot()
         status = (self.flags(), self.column, self.credits(), self.printed_count)
         due = now - self._status_at >= STATUS_EVERY
         changed = status != self._status and (
@@ -193,6 +185,10 @@ class Device:
             self._status = status
             self._status_at = now
             self.session.send_unreliable(m.STATUS, m.pack_status(*status))
-        if self.session.peer_boot_id is not None and len(self.keys) and not self.session.pending:
+        # Keys wait until a host has answered since boot: one that restored an old boot_id
+        # must see our HELLO or WELCOME before a KEY whose seq could look like a duplicate
+        # (and the host refuses reliable frames from a board that has not greeted it).
+        greeted = self.session.greeted and self.session.peer_boot_id is not None
+        if greeted and len(self.keys) and not self.session.pending:
             self.session.send(m.KEY, self.keys.take(MAX_BODY))
         return self.session.output()

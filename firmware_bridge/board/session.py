@@ -24,7 +24,8 @@ class Session:
     def __init__(self, caps: int, name: str, boot_id: int, clock: "Callable[[], float]",
                  on_reliable: "Optional[Callable[[int, int, bytes], bool]]" = None,
                  credits: "Optional[Callable[[], int]]" = None,
-                 retry_initial: float = 0.1, retry_max: float = 1.0) -> None:
+                 retry_initial: float = 0.1, retry_max: float = 1.0,
+                 hello_every: float = 1.0) -> None:
         self.caps = caps
         self.name = name
         self.boot_id = boot_id & 0xFFFFFFFF
@@ -33,6 +34,7 @@ class Session:
         self.credits = credits or (lambda: 0)
         self.retry_initial = retry_initial
         self.retry_max = retry_max
+        self.hello_every = hello_every
         self.decoder = Decoder(m.KNOWN_TYPES)
         self.out = bytearray()
         self.queue = []  # (ftype, body) waiting behind the frame in flight
@@ -44,12 +46,25 @@ class Session:
         self.peer_credits = None
         self.last_seq = None
         self.last_heard = None
+        # Whether last_seq may be trusted: False from hello() or restore() until the peer
+        # greets (HELLO or WELCOME), which says which boot its next reliable frame is from.
+        self.greeted = True
+        self.hello_at = None  # when to say HELLO again while not greeted
 
     # -- sending -------------------------------------------------------------------
 
     def hello(self) -> None:
-        """Announce this end (host: on open; firmware: on boot); the peer answers WELCOME."""
+        """Announce this end (host: on open; firmware: on boot); the peer answers WELCOME.
+
+        Until the peer greets back, reliable frames are refused (not acknowledged) and
+        the HELLO repeats every hello_every seconds (docs/protocol-notes.md, rule 1).
+        """
+        self.greeted = False
+        self._say_hello()
+
+    def _say_hello(self) -> None:
         self.out += encode_frame(m.HELLO, 0, m.pack_hello(self.caps, self.boot_id, self.name))
+        self.hello_at = self.clock() + self.hello_every
 
     def send(self, ftype: int, body: bytes) -> None:
         """Queue a reliable frame; frames go out one at a time, in order."""
@@ -81,7 +96,10 @@ class Session:
         self.retry_at = self.clock() + self.retry_delay
 
     def output(self) -> bytes:
-        """The bytes to write now, retransmitting the frame in flight when due."""
+        """The bytes to write now, retransmitting the frame in flight when due, and
+        HELLO while the peer has not greeted since hello()."""
+        if not self.greeted and self.hello_at is not None and self.clock() >= self.hello_at:
+            self._say_hello()
         if self.in_flight is not None and self.clock() >= self.retry_at:
             self.out += self.in_flight[1]
             self.retry_delay = min(self.retry_delay * 2, self.retry_max)
@@ -93,9 +111,14 @@ class Session:
     # -- receiving -----------------------------------------------------------------
 
     def restore(self, peer_boot_id: "Optional[int]", last_seq: "Optional[int]") -> None:
-        """Resume duplicate detection after this end restarted (host: from storage)."""
+        """Resume duplicate detection after this end restarted (host: from storage).
+
+        The restored seq counts only once the peer has greeted with that boot_id: until
+        then reliable frames are refused, as a new boot's first seq may equal it.
+        """
         self.peer_boot_id = peer_boot_id
         self.last_seq = last_seq
+        self.greeted = False
 
     def feed(self, data: bytes) -> "List[tuple]":
         """Handle received bytes; returns the events for the caller, in order."""
@@ -116,6 +139,7 @@ class Session:
                 self.last_seq = None
                 events.append(("restarted", boot_id))
             self.peer_boot_id = boot_id
+            self.greeted = True
             if ftype == m.HELLO:
                 self.out += encode_frame(
                     m.WELCOME, 0, m.pack_hello(self.caps, self.boot_id, self.name)
@@ -135,6 +159,8 @@ class Session:
             self.peer_credits = status[2]
             events.append(("status",) + tuple(status))
         elif ftype in m.RELIABLE:
+            if not self.greeted:
+                return  # from which boot? No ACK: the peer retransmits after our HELLO
             if seq == self.last_seq:
                 self._ack(seq)
             elif self.on_reliable(ftype, seq, body):

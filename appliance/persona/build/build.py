@@ -14,6 +14,8 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -44,6 +46,8 @@ class Request:
     replace: bool = False
     work: Optional[Path] = None
     check: bool = True
+    merge: bool = False  # on a base: also write the merged model, quantized
+    device: str = "cpu"
     command: List[str] = field(default_factory=list)  # the command line, for the card
 
 
@@ -67,8 +71,12 @@ def build(req: Request, recipe=None, say: Callable[[str], None] = print) -> Resu
     if req.user_label.upper() == req.character.strip().upper():
         raise BuildError("--user-label must differ from the character's label")
     if req.base is not None:
-        from appliance.persona.build.train import base_parts
-        base_parts(Path(req.base))
+        from appliance.engine.bases import resolve
+        from appliance.persona.build.train import check_gguf_base
+
+        check_gguf_base(resolve(req.base))
+    if req.device not in ("cpu", "cuda"):
+        raise BuildError(f"--device {req.device!r}: use cpu or cuda")
     script = read(req.dialogue, req.format)
     character = script.speaker(req.character)
     counts = script.counts()
@@ -77,17 +85,24 @@ def build(req: Request, recipe=None, say: Callable[[str], None] = print) -> Resu
     if counts[character] < 2:
         raise BuildError(f"{script.path}: {character} has only {counts[character]} speech; "
                          "a persona needs at least 2: pick a character with more lines")
-    recipe = (recipe or Recipe(base=req.base)).bounded(req.max_steps)
+    recipe = (recipe or (Recipe.on_base(req.base) if req.base else Recipe())).bounded(
+        req.max_steps)
+    accelerator = _accelerator(req.device)
+    main = accelerator.is_main_process
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(req.work) if req.work else out.parent / f".{out.name}.work"
-    for stale in out.parent.glob(f".{out.name}.partial-*"):  # from a build that was killed
-        shutil.rmtree(stale, ignore_errors=True)
+    if main:
+        for stale in out.parent.glob(f".{out.name}.partial-*"):  # from a build that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     umask = os.umask(0o022)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private; a bundle is not
     try:
-        summary = _assemble(req, recipe, script, character, work, tmp, say)
+        summary = _assemble(req, recipe, script, character, work, tmp, say, accelerator)
+        if not main:  # the other processes only trained
+            return Result(out, summary)
         _move_into_place(tmp, out)
     except OSError as e:
         if e.errno in NO_ROOM:
@@ -96,10 +111,37 @@ def build(req: Request, recipe=None, say: Callable[[str], None] = print) -> Resu
         raise BuildError(f"cannot write under {out.parent} ({e.strerror or e})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if work.exists() and not any(work.glob("*.pt")):
+        if main and work.exists() and not any(work.glob("*.pt")):
             shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
     return Result(out, summary)
+
+
+def _accelerator(device: str):
+    """accelerate's Accelerator: one process here, or what `accelerate launch` set up.
+
+    bfloat16 autocast where the hardware does bfloat16 matmuls natively (a GPU,
+    or x86 with AMX/AVX-512 BF16: a LoRA step on SmolLM2 took 28 s instead of
+    40 s here); elsewhere it is slower than float32.
+    """
+    import torch
+    from accelerate import Accelerator
+
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise BuildError("--device cuda: torch sees no CUDA GPU here: use --device cpu")
+        bf16 = torch.cuda.is_bf16_supported()
+    else:
+        bf16 = bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"})
+    return Accelerator(cpu=device == "cpu", mixed_precision="bf16" if bf16 else "no")
+
+
+def _cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(f.read().split())
+    except OSError:
+        return set()
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
@@ -116,66 +158,76 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _fingerprint(req: Request, recipe, script: Script, character: str) -> dict:
-    return {"dialogue_sha256": hashlib.sha256(script.path.read_bytes()).hexdigest(),
-            "character": character, "user_label": req.user_label, "preamble": req.preamble,
-            "context": req.context, "identity": req.identity, "recipe": asdict(recipe)}
+def _fingerprint(req: Request, recipe, script: Script, character: str,
+                 base_sha256: str) -> dict:
+    """What decides the trained weights, JSON-shaped (tuples as lists) to compare saved ones."""
+    return json.loads(json.dumps({
+        "dialogue_sha256": hashlib.sha256(script.path.read_bytes()).hexdigest(),
+        "character": character, "user_label": req.user_label, "preamble": req.preamble,
+        "context": req.context, "identity": req.identity, "recipe": asdict(recipe),
+        "base_sha256": base_sha256}))
 
 
 def _assemble(req: Request, recipe, script: Script, character: str, work: Path, tmp: Path,
-              say: Callable[[str], None]) -> dict:
+              say: Callable[[str], None], accelerator) -> dict:
     import torch
 
-    from appliance.persona.spec import DialogueFrame
     from appliance.persona.build import examples as ex
-    from appliance.persona.build.export import export
     from appliance.persona.build.train import (
         Stage,
-        base_parts,
         example_batch,
-        load_base,
-        new_model,
         progress_bar,
         stream_batch,
         tokenize_with,
-        train_tokenizer,
     )
+    from appliance.persona.spec import DialogueFrame
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    main = accelerator.is_main_process
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
     name = character_name(character)
     preamble = req.preamble or f"{name} speaks with a visitor."
     frame_config = ex.character_frame(character, name, req.user_label, preamble)
     frame = DialogueFrame(frame_config)
-    fingerprint = _fingerprint(req, recipe, script, character)
-    work.mkdir(parents=True, exist_ok=True)
+    base_path = base_sha256 = None
+    if recipe.base is not None:
+        from appliance.engine.bases import resolve, sha256_of
+
+        base_path = resolve(recipe.base)
+        base_sha256 = sha256_of(base_path)
+    fingerprint = _fingerprint(req, recipe, script, character, base_sha256 or "")
     saved = work / "build.json"
-    if saved.exists() and json.loads(saved.read_text()) != fingerprint:
-        raise BuildError(f"{work} holds checkpoints of another build: remove it to start over, "
-                         "or run the command that made it to resume")
-    saved.write_text(json.dumps(fingerprint, indent=1))
+    if main:
+        work.mkdir(parents=True, exist_ok=True)
+        if saved.exists() and json.loads(saved.read_text()) != fingerprint:
+            raise BuildError(f"{work} holds checkpoints of another build: remove it to start "
+                             "over, or run the command that made it to resume")
+        saved.write_text(json.dumps(fingerprint, indent=1))
+    accelerator.wait_for_everyone()
 
     started = time.monotonic()
     losses = {}
-    if recipe.base is None:
-        tok_path = work / "tokenizer.json"
-        if tok_path.exists():
-            from tokenizers import Tokenizer
-            tok = Tokenizer.from_file(str(tok_path))
-        else:
-            tok = train_tokenizer(ex.pretraining_text(script), recipe.vocab)
-            tok.save(str(tok_path))
-        model = new_model(recipe, tok)
+    tok = None  # from scratch: the vocabulary learned from the dialogue
+    if base_path is None:
+        model, tok = _scratch_model(recipe, script, work, main)
+        tokenize, pad = tokenize_with(tok, model.config.bos_token_id), model.config.eos_token_id
     else:
-        _, tok = base_parts(Path(recipe.base))
-        model = load_base(Path(recipe.base))
-    bos, pad = model.config.bos_token_id, model.config.eos_token_id
-    if bos is None or pad is None:
-        raise BuildError(f"--base {recipe.base}: config.json names no bos_token_id or "
-                         "eos_token_id: add them")
-    tokenize = tokenize_with(tok, bos)
+        from appliance.persona.build.train import add_lora, llama_tokenizer, load_gguf_base
+
+        say(f"loading {base_path} into transformers (dequantized)...")
+        tokenize = llama_tokenizer(base_path)
+        model = add_lora(load_gguf_base(base_path), recipe)
+        pad = model.config.eos_token_id
+        pad = pad[0] if isinstance(pad, list) else pad
+        if pad is None:
+            raise BuildError(f"--base {base_path}: the GGUF names no EOS token: add "
+                             "tokenizer.ggml.eos_token_id")
 
     conversation = ex.turns(script, character)
-    examples = ex.frame_examples(conversation, frame, tokenize, req.context, recipe.window)
+    test = ex.held_out(conversation, recipe.held_out) if base_path is not None else set()
+    examples = ex.frame_examples(conversation, frame, tokenize, req.context, recipe.window,
+                                 only=lambda i: i not in test)
+    held = ex.frame_examples(conversation, frame, tokenize, req.context, recipe.window,
+                             only=lambda i: i in test)
     identity = []
     if req.identity:
         pairs = ex.identity(name)
@@ -185,54 +237,119 @@ def _assemble(req: Request, recipe, script: Script, character: str, work: Path, 
         raise BuildError(f"{script.path}: no speech of {character} answers another speaker: "
                          "a persona learns from replies")
     say(f"{len(examples)} training examples ({len(identity)} identity exchanges, "
-        f"{'repeated' if req.identity else 'none'}); frame: {req.user_label} -> {character}")
+        f"{'repeated' if req.identity else 'none'}), {len(held)} held out; frame: "
+        f"{req.user_label} -> {character}")
 
-    lines = ex.pretraining_text(script).splitlines(True)
-    ids = torch.tensor([i for enc in tok.encode_batch(lines, add_special_tokens=False)
-                        for i in enc.ids])
-    if len(ids) <= recipe.window + 1:
-        raise BuildError(f"{script.path}: too little dialogue to train on ({len(ids)} "
+    replay = torch.tensor([i for line in ex.replay_text(conversation, frame_config, test)
+                           .splitlines(True) for i in tokenize(line, False)])
+    if len(replay) <= recipe.window + 1:
+        raise BuildError(f"{script.path}: too little dialogue to train on ({len(replay)} "
                          "tokens): give a longer script")
-    with progress_bar() as progress:
-        if recipe.base is None:
+    nll = {}
+    with progress_bar(disable=not main) as progress:
+        if base_path is None:
+            ids = torch.tensor([i for line in ex.pretraining_text(script).splitlines(True)
+                                for i in tokenize(line, False)])
             losses["pretrain"] = Stage(
                 "pretrain", model, recipe.pretrain_steps, recipe.pretrain_lr, work,
-                lambda step: stream_batch(ids, recipe, step)).run(progress)
+                lambda step: stream_batch(ids, recipe, step),
+                accelerator=accelerator).run(progress)
             losses["finetune"] = Stage(
                 "finetune", model, recipe.finetune_steps, recipe.finetune_lr, work,
-                lambda step: example_batch(examples, recipe, step, pad, ids)).run(progress)
+                lambda step: example_batch(examples, recipe, step, pad, replay),
+                accelerator=accelerator).run(progress)
         else:
-            from peft import LoraConfig, get_peft_model
-
-            lora = get_peft_model(model, LoraConfig(
-                r=recipe.lora_rank, lora_alpha=2 * recipe.lora_rank, lora_dropout=0.0,
-                target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                "up_proj", "down_proj"], task_type="CAUSAL_LM"))
-            losses["lora"] = Stage(
-                "lora", lora, recipe.finetune_steps, recipe.finetune_lr * 4, work,
-                lambda step: example_batch(examples, recipe, step, pad, ids)).run(progress)
-            model = lora.merge_and_unload()
+            stage = Stage("lora", model, recipe.finetune_steps, recipe.lora_lr, work,
+                          lambda step: example_batch(examples, recipe, step, pad, replay),
+                          save_every=10, accelerator=accelerator)
+            losses["lora"] = stage.run(progress)
+            model = stage.model
     trained = time.monotonic() - started
+    precision = accelerator.mixed_precision
+    if not main:
+        return {}
+    if base_path is not None and held:
+        from appliance.persona.build.train import nll_per_token
 
-    export(model, tok, tmp / "model.gguf", req.quant)
-    (tmp / "persona.toml").write_text(_persona_toml(name, frame_config), encoding="utf-8")
+        nll["persona"] = nll_per_token(model, held, pad)
+        with model.disable_adapter():
+            nll["base"] = nll_per_token(model, held, pad)
+        say(f"held-out NLL per token on {len(held)} replies: base {nll['base']:.3f}, "
+            f"persona {nll['persona']:.3f}")
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    files = _write_model(req, recipe, model, tok, base_path, tmp, say)
+    (tmp / "persona.toml").write_text(_persona_toml(name, frame_config, recipe.base,
+                                                    base_sha256), encoding="utf-8")
     summary = {
         "character": character, "name": name, "dialogue": str(script.path),
         "format": script.format, "speeches": counts_of(script, character),
         "examples": len(examples), "identity_examples": len(identity) if req.identity else 0,
+        "held_out": len(held), "nll": nll,
         "recipe": asdict(recipe), "losses": losses, "train_seconds": round(trained, 1),
-        "params": sum(p.numel() for p in model.parameters()),
-        "quant": req.quant, "model_bytes": (tmp / "model.gguf").stat().st_size,
-        "dialogue_sha256": fingerprint["dialogue_sha256"],
+        "params": params, "trainable": trainable, "precision": precision,
+        "processes": accelerator.num_processes,
+        "quant": req.quant, "files": files,
+        "model_bytes": sum(files.values()),
+        "dialogue_sha256": fingerprint["dialogue_sha256"], "base_sha256": base_sha256,
     }
-    check = None
-    if req.check:
-        from appliance.persona.check import run_check
-        check = run_check(tmp)
+    check = _check(tmp) if req.check else None
     (tmp / "card.md").write_text(_card(req, summary, check), encoding="utf-8")
     from appliance.persona.bundle import seal
     seal(tmp)
     return {**summary, "check": check}
+
+
+def _scratch_model(recipe, script: Script, work: Path, main: bool):
+    """A new small LLaMA and the byte-level BPE learned from the dialogue (kept in work)."""
+    from appliance.persona.build import examples as ex
+    from appliance.persona.build.train import new_model, train_tokenizer
+
+    tok_path = work / "tokenizer.json"
+    if tok_path.exists():
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(tok_path))
+    else:
+        tok = train_tokenizer(ex.pretraining_text(script), recipe.vocab)
+        if main:
+            tok.save(str(tok_path))
+    return new_model(recipe, tok), tok
+
+
+def _write_model(req: Request, recipe, model, tok, base_path: Optional[Path], tmp: Path,
+                 say: Callable[[str], None]) -> dict:
+    """The bundle's model files (name -> bytes): a whole model, or an adapter (and a merge)."""
+    if base_path is None:
+        from appliance.persona.build.export import export
+
+        export(model, tok, tmp / "model.gguf", req.quant)
+        return {"model.gguf": (tmp / "model.gguf").stat().st_size}
+    from appliance.persona.build.adapter import write_adapter, write_merged
+
+    adapted = write_adapter(model, tmp / "adapter.gguf", alpha=2 * recipe.lora_rank)
+    say(f"wrote adapter.gguf: LoRA rank {recipe.lora_rank} on {adapted} projections, f16")
+    files = {"adapter.gguf": (tmp / "adapter.gguf").stat().st_size}
+    if req.merge:
+        write_merged(model.merge_and_unload(), base_path, tmp / "merged.gguf", req.quant)
+        files["merged.gguf"] = (tmp / "merged.gguf").stat().st_size
+    return files
+
+
+def _check(folder: Path) -> dict:
+    """`typewriter persona check` on the new bundle, in a fresh process.
+
+    llama.cpp's AMX kernels died with SIGILL in the process that had trained
+    with torch (x86 with AMX); a child process is also what a user runs.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "check.json"
+        done = subprocess.run([sys.executable, "-m", "appliance.cli", "persona", "check",
+                               str(folder), "--json", str(result)],
+                              capture_output=True, text=True, timeout=1800)
+        if not result.exists():
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise BuildError(f"the new persona could not be checked: {last}")
+        return json.loads(result.read_text(encoding="utf-8"))
 
 
 def counts_of(script: Script, character: str) -> dict:
@@ -245,11 +362,13 @@ def _quote(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def _persona_toml(name: str, frame) -> str:
+def _persona_toml(name: str, frame, base: Optional[str], base_sha256: Optional[str]) -> str:
+    model = (f'base = {_quote(base)}\nbase_sha256 = "{base_sha256}"\nadapter = "adapter.gguf"'
+             if base else 'model = "model.gguf"')
     return f"""# Built by `typewriter persona build` (see card.md for how and from what).
 name = {_quote(name)}
 description = {_quote(f"{name}, fine-tuned on their lines in the play.")}
-model = "model.gguf"
+{model}
 
 [frame]
 kind = "dialogue"
@@ -269,7 +388,11 @@ seed = -1
 
 def _card(req: Request, s: dict, check: Optional[dict]) -> str:
     r = s["recipe"]
-    route = (f"LoRA (rank {r['lora_rank']}) on `{r['base']}`, merged" if r["base"] else
+    route = (f"LoRA (rank {r['lora_rank']}, alpha {2 * r['lora_rank']}, on "
+             f"{', '.join(r['lora_targets'])}) on the base `{r['base']}` (sha256 "
+             f"`{(s['base_sha256'] or '')[:16]}...`), read into transformers dequantized and "
+             f"trained at lr {r['lora_lr']}; shipped as a float16 llama.cpp adapter on "
+             "the base's own GGUF" if r["base"] else
              f"from scratch: byte-level BPE ({r['vocab']} tokens) and a LLaMA of "
              f"{r['layers']} layers, width {r['embd']}, {r['heads']} heads, feed-forward "
              f"{r['ff']}; pretrained on all the dialogue, then fine-tuned on {s['character']}")
@@ -286,22 +409,36 @@ def _card(req: Request, s: dict, check: Optional[dict]) -> str:
         f"- Licence: {req.licence}.", "",
         "## Training", "",
         f"- Route: {route}.",
-        f"- Parameters: {s['params'] / 1e6:.2f} M; model file {s['quant']}, "
-        f"{s['model_bytes'] / 1e6:.1f} MB.",
+        f"- Parameters: {s['params'] / 1e6:.2f} M"
+        + (f", of which trained (the adapter): {s['trainable'] / 1e6:.2f} M" if r["base"]
+           else "") + "; files: "
+        + ", ".join(f"{n} {b / 1e6:.1f} MB" for n, b in s["files"].items()) + ".",
         f"- Frame: every other speaker is `{req.user_label}`, consecutive speeches by others "
         f"are one turn; each example holds up to {req.context} earlier exchanges; loss only on "
         f"the reply and its end of line. {r['replay']} of each {r['batch']} fine-tuning rows "
-        "are windows of the whole dialogue (replay, so the play is not forgotten).",
+        "are windows of the whole dialogue relabelled to the frame's two labels (replay: the "
+        "play is not forgotten, and no other speaker's name is learned as a label).",
         f"- Examples: {s['examples']}, of which identity exchanges: "
         f"{s['identity_examples']} distinct" + (
             " (questions such as \"What is your name?\" answered with the character's name, "
             "repeated to about a sixth of the examples: a tiny model has to have seen its "
             "name asked for)." if s["identity_examples"] else "."),
+        *([f"- Held out: every {r['held_out']}th of {s['character']}'s answers "
+           f"({s['held_out']} replies, never trained on, nor replayed). NLL per reply token: "
+           f"base alone {s['nll']['base']:.3f}, persona {s['nll']['persona']:.3f} nats."]
+          if s["nll"] else []),
         f"- Steps: pretrain {r['pretrain_steps'] if not r['base'] else 0}, "
         f"fine-tune {r['finetune_steps']}; batch {r['batch']} x {r['window']} tokens; "
         f"seed {r['seed']}; final losses "
         + ", ".join(f"{k} {v:.3f}" for k, v in s["losses"].items())
-        + f"; {s['train_seconds'] / 60:.1f} min on {os.cpu_count()} CPU cores.", "",
+        + f"; {s['train_seconds'] / 60:.1f} min on {os.cpu_count()} CPU cores "
+        f"({req.device}, {s['processes']} process(es), mixed precision {s['precision']}).",
+        *(["- Why this frame and step count: the frame is the one the appliance prompts "
+           "with (preamble line, then one `LABEL: text` line a turn), so the adapter learns "
+           "exactly the document it will continue, and the reply's end of line, which is "
+           "where the appliance stops. The step count is what fits about 25 minutes of two "
+           "CPU cores; the held-out NLL above says what it bought."] if r["base"] else []),
+        "",
         "## Rebuild", "", "```", command, "```", "",
     ]
     if check is not None:

@@ -13,10 +13,10 @@ what the character says and when to stop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Set, Tuple
 
-from appliance.persona.spec import DialogueFrame, FrameConfig
 from appliance.persona.build.dialogue import Script
+from appliance.persona.spec import DialogueFrame, FrameConfig
 
 IGNORE = -100  # the label of a token the loss skips (transformers' convention)
 Tokenize = Callable[[str, bool], List[int]]
@@ -59,14 +59,30 @@ def identity(name: str) -> List[Tuple[str, str]]:
     return pairs
 
 
+def answers(conversation: Sequence[Tuple[str, str]]) -> List[int]:
+    """Indices of the character turns that answer a user turn (one example each)."""
+    return [i for i, (role, _) in enumerate(conversation)
+            if role == "character" and i > 0 and conversation[i - 1][0] == "user"]
+
+
+def held_out(conversation: Sequence[Tuple[str, str]], every: int) -> Set[int]:
+    """Every n-th answer, spread over the whole script: measured on, never trained on."""
+    return set(answers(conversation)[every - 1::every]) if every > 1 else set()
+
+
 def frame_examples(conversation: Sequence[Tuple[str, str]], frame: DialogueFrame,
-                   tokenize: Tokenize, context: int, max_len: int) -> List[Example]:
-    """One example per character turn that answers a user turn, with up to context exchanges."""
+                   tokenize: Tokenize, context: int, max_len: int,
+                   only: Optional[Callable[[int], bool]] = None) -> List[Example]:
+    """One example per character turn that answers a user turn, with up to context exchanges.
+
+    only: which answers (by turn index) to make examples of; default all.
+    """
     head = tokenize(frame.head, True)
     examples = []
-    for i, (role, text) in enumerate(conversation):
-        if role != "character" or i == 0 or conversation[i - 1][0] != "user":
+    for i in answers(conversation):
+        if only is not None and not only(i):
             continue
+        text = conversation[i][1]
         start = max(0, i - 1 - 2 * context)
         start += (conversation[start][0] != "user")  # earlier exchanges start with the user
         ids = list(head)
@@ -99,3 +115,16 @@ def character_frame(character: str, name: str, user_label: str, preamble: str) -
 def pretraining_text(script: Script) -> str:
     """All the dialogue, one `NAME: speech` line per speech: the frame's shape, every voice."""
     return "".join(f"{s.speaker.upper()}: {s.text}\n" for s in script.speeches)
+
+
+def replay_text(conversation: Sequence[Tuple[str, str]], frame: FrameConfig,
+                skip: Set[int] = frozenset()) -> str:
+    """The whole dialogue in the frame's own two labels, one turn a line (skip: held out).
+
+    Replay windows teach the model the play; in the script's own names they
+    would also teach it speaker labels (ROMEO:, NURSE:) that the appliance's
+    frame never uses, and a reply would drift into writing them.
+    """
+    label = {"user": frame.user_label, "character": frame.character_label}
+    return "".join(f"{label[role]}: {_one_line(text)}\n"
+                   for i, (role, text) in enumerate(conversation) if i not in skip)

@@ -1,19 +1,24 @@
-"""Training: a tokenizer and a small LLaMA from scratch, or LoRA on a base checkpoint.
+"""Training: a tokenizer and a small LLaMA from scratch, or LoRA on a pretrained GGUF base.
 
-Both routes end in a merged transformers LlamaForCausalLM and its byte-level
-BPE tokenizer, which `export` writes as GGUF. Training state is saved in a
-work folder every few steps and on Ctrl-C: the same command resumes it.
-Batches are drawn from a generator seeded by the step, so a resumed run
-trains on what an uninterrupted one would have.
+From scratch ends in a transformers LlamaForCausalLM and its byte-level BPE
+tokenizer, which `export` writes as GGUF. On a base, the GGUF is read into
+transformers (dequantized), a peft LoRA is trained, and `adapter` writes it as
+llama.cpp's adapter; the text is tokenized by llama.cpp itself, from the base's
+own vocabulary, so training sees exactly the tokens the appliance will.
+
+The loop runs under Hugging Face accelerate, so `accelerate launch` spreads it
+over processes or a GPU unchanged. Training state is saved in a work folder
+every few steps and on Ctrl-C: the same command resumes it. Batches are drawn
+from a generator seeded by the step, so a resumed run trains on what an
+uninterrupted one would have.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
@@ -31,7 +36,7 @@ if TYPE_CHECKING:
 class Recipe:
     """Everything that decides the trained model; saved with its checkpoints."""
 
-    base: Optional[str] = None  # a HF LLaMA checkpoint folder, or None: from scratch
+    base: Optional[str] = None  # a known base's name or a GGUF path, or None: from scratch
     vocab: int = 2048
     embd: int = 256
     layers: int = 4
@@ -46,13 +51,23 @@ class Recipe:
     finetune_lr: float = 1e-3
     replay: int = 4  # rows of each fine-tuning batch drawn from all the dialogue
     lora_rank: int = 16
+    lora_lr: float = 5e-4
+    # Fewer adapted projections decode faster (each adds two small matmuls a layer).
+    lora_targets: Tuple[str, ...] = ("q_proj", "v_proj", "o_proj", "down_proj")
+    held_out: int = 5  # every n-th character exchange is held out, to measure on
     seed: int = 0
 
     def bounded(self, max_steps: Optional[int]) -> Recipe:
         if max_steps is None:
             return self
-        return Recipe(**{**asdict(self), "pretrain_steps": min(self.pretrain_steps, max_steps),
-                         "finetune_steps": min(self.finetune_steps, max_steps)})
+        return replace(self, pretrain_steps=min(self.pretrain_steps, max_steps),
+                       finetune_steps=min(self.finetune_steps, max_steps))
+
+    @staticmethod
+    def on_base(base: str, **sizes) -> Recipe:
+        """LoRA defaults for a ~100M base on CPU: ~28 s a step at 8 x 192 on 2 cores (bf16)."""
+        return Recipe(**{"base": base, "window": 192, "batch": 8, "finetune_steps": 50,
+                         "replay": 2, **sizes})
 
 
 # -- tokenizer -------------------------------------------------------------------------------
@@ -78,35 +93,77 @@ def tokenize_with(tok: Tokenizer, bos_id: int) -> Callable[[str, bool], List[int
     return tokenize
 
 
-# -- base checkpoints --------------------------------------------------------------------------
+# -- GGUF bases ------------------------------------------------------------------------------
 
 
-def base_parts(path: Path) -> Tuple[dict, Tokenizer]:
-    """The config and tokenizer of a HF LLaMA checkpoint; BuildError naming what is wrong."""
-    from tokenizers import Tokenizer
+def llama_tokenizer(path: Path) -> Callable[[str, bool], List[int]]:
+    """Tokenize as the appliance does: llama.cpp, the base's own vocabulary (vocab only)."""
+    from llama_cpp import Llama
 
-    config_path = path / "config.json"
-    if not path.is_dir():
-        raise BuildError(f"--base {path}: no such folder: pass a Hugging Face LLaMA checkpoint "
-                         "folder, or --base none to train from scratch")
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise BuildError(f"--base {path}: no readable config.json, so not a Hugging Face "
-                         "checkpoint: pass a LLaMA checkpoint folder") from None
-    if config.get("model_type") != "llama":
-        raise BuildError(f"--base {path}: model_type is {config.get('model_type')!r}, not "
-                         "'llama': pass a LLaMA-family checkpoint")
+        llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    except ValueError as e:
+        raise BuildError(f"--base {path}: llama.cpp could not read its vocabulary ({e}): "
+                         "pass a LLaMA GGUF") from None
+
+    def tokenize(text: str, bos: bool) -> List[int]:
+        return llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False)
+    return tokenize
+
+
+def check_gguf_base(path: Path) -> None:
+    """A LLaMA GGUF (bounded header read), before minutes go into loading it."""
+    from appliance.engine.gguf_header import HeaderError, read_header
+
     try:
-        tok = Tokenizer.from_file(str(path / "tokenizer.json"))
-    except Exception:
-        raise BuildError(f"--base {path}: no readable tokenizer.json: save the checkpoint "
-                         "with its fast tokenizer") from None
-    spec = json.loads(tok.to_str())
-    if spec["model"]["type"] != "BPE" or "ByteLevel" not in json.dumps(spec["pre_tokenizer"]):
-        raise BuildError(f"--base {path}: its tokenizer is not byte-level BPE (GPT-2 style); "
-                         "only those can be exported")
-    return config, tok
+        arch = read_header(path).architecture
+    except HeaderError as e:
+        raise BuildError(f"--base {e}") from None
+    if arch != "llama":
+        raise BuildError(f"--base {path}: architecture {arch!r}, not 'llama': a persona's "
+                         "adapter is exported for LLaMA bases only")
+
+
+def load_gguf_base(path: Path) -> LlamaForCausalLM:
+    """The base GGUF in transformers, dequantized to float32 (transformers undoes Q/K order)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                    dtype=torch.float32)
+    except Exception as e:
+        raise BuildError(f"--base {path}: transformers could not load it "
+                         f"({str(e).splitlines()[0][:120]}): pass a LLaMA GGUF") from None
+
+
+def add_lora(model: LlamaForCausalLM, recipe: Recipe):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(recipe.seed)
+    return get_peft_model(model, LoraConfig(
+        r=recipe.lora_rank, lora_alpha=2 * recipe.lora_rank, lora_dropout=0.0,
+        target_modules=list(recipe.lora_targets), task_type="CAUSAL_LM"))
+
+
+def nll_per_token(model, examples: List[Example], pad: int) -> float:
+    """Mean negative log-likelihood of the reply tokens (nats per token)."""
+    import torch
+
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for ex in examples:
+            x = torch.tensor([ex.ids])
+            labels = torch.tensor([ex.labels])
+            logits = model(input_ids=x).logits[0, :-1].float()
+            target = labels[0, 1:]
+            keep = target != IGNORE
+            total += torch.nn.functional.cross_entropy(logits[keep], target[keep],
+                                                       reduction="sum").item()
+            count += int(keep.sum())
+    return total / max(1, count)
 
 
 # -- the model ---------------------------------------------------------------------------------
@@ -125,18 +182,6 @@ def new_model(recipe: Recipe, tok: Tokenizer) -> LlamaForCausalLM:
         bos_token_id=tok.token_to_id(BOS), eos_token_id=tok.token_to_id(EOS),
         pad_token_id=tok.token_to_id(EOS))
     return LlamaForCausalLM(config)
-
-
-def load_base(path: Path) -> LlamaForCausalLM:
-    import torch
-    from transformers import LlamaForCausalLM
-
-    try:
-        return LlamaForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    except Exception as e:
-        raise BuildError(f"--base {path}: transformers could not load it "
-                         f"({str(e).splitlines()[0][:120]}): pass a complete LLaMA "
-                         "checkpoint") from None
 
 
 # -- batches -----------------------------------------------------------------------------------
@@ -189,15 +234,22 @@ class Stage:
     """One training stage (pretrain, finetune or lora), checkpointed in the work folder."""
 
     def __init__(self, name: str, model, steps: int, lr: float, work: Path,
-                 batch: Callable[[int], Tuple], save_every: int = 50):
+                 batch: Callable[[int], Tuple], save_every: int = 50, accelerator=None):
         self.name, self.model, self.steps, self.lr = name, model, steps, lr
         self.checkpoint = work / f"{name}.pt"
         self.batch, self.save_every = batch, save_every
+        self.accelerator = accelerator
 
     def run(self, progress) -> float:
-        """Train to the last step (resuming a checkpoint); returns the final loss."""
-        import torch
+        """Train to the last step (resuming a checkpoint); returns the final loss.
 
+        Each of accelerate's processes takes its share of every batch's rows; only
+        the main one writes checkpoints.
+        """
+        import torch
+        from accelerate import Accelerator
+
+        acc = self.accelerator or Accelerator(cpu=True)
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.01)
         warmup = max(1, self.steps // 20)
@@ -211,31 +263,37 @@ class Stage:
             scheduler.load_state_dict(state["scheduler"])
             step, loss = state["step"], state["loss"]
         task = progress.add_task(self.name, total=self.steps, completed=step, loss=loss)
-        self.model.train()
+        # Only the model is prepared: the scheduler steps once a step on every process.
+        model = acc.prepare(self.model)
+        model.train()
+        rank, world = acc.process_index, acc.num_processes
         try:
             while step < self.steps:
-                x, mask, labels = self.batch(step)
-                out = self.model(input_ids=x, attention_mask=mask, labels=labels)
-                out.loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                x, mask, labels = (t[rank::world].to(acc.device) for t in self.batch(step))
+                out = model(input_ids=x, attention_mask=mask, labels=labels)
+                acc.backward(out.loss)
+                acc.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                step, loss = step + 1, out.loss.item()
+                step, loss = step + 1, acc.reduce(out.loss.detach(), "mean").item()
                 progress.update(task, completed=step, loss=loss)
                 if step % self.save_every == 0 or step == self.steps:
-                    self._save(optimizer, scheduler, step, loss)
+                    self._save(acc, optimizer, scheduler, step, loss)
         except KeyboardInterrupt:
-            self._save(optimizer, scheduler, step, loss)
+            self._save(acc, optimizer, scheduler, step, loss)
             raise BuildError(f"interrupted at {self.name} step {step} of {self.steps}; run the "
                              "same command again to resume") from None
+        self.model = acc.unwrap_model(model)
         self.model.eval()
         return loss
 
-    def _save(self, optimizer, scheduler, step: int, loss: float) -> None:
+    def _save(self, acc, optimizer, scheduler, step: int, loss: float) -> None:
         """Atomically: a checkpoint is whole or absent (only trainable weights, for LoRA)."""
         import torch
 
+        if not acc.is_main_process:
+            return
         trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
         weights = {k: v for k, v in self.model.state_dict().items()
                    if self.name != "lora" or k in trainable}
@@ -251,7 +309,7 @@ class Stage:
             tmp.unlink(missing_ok=True)
 
 
-def progress_bar():
+def progress_bar(disable: bool = False):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -263,4 +321,4 @@ def progress_bar():
 
     return Progress(TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn())
+                    TextColumn("ETA"), TimeRemainingColumn(), disable=disable)

@@ -94,33 +94,57 @@ def test_check_refuses_a_bundle_whose_files_changed(bundle, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory, dialogue) -> Path:
-    """A Hugging Face LLaMA checkpoint, as a user would have one on disk (but tiny)."""
-    from appliance.persona.build.dialogue import read
-    from appliance.persona.build.examples import pretraining_text
-    from appliance.persona.build.train import Recipe, new_model, train_tokenizer
+def tiny_base(tmp_path_factory) -> Path:
+    """A LLaMA GGUF base as llama.cpp would be given one (random weights, tiny, Q4_0)."""
+    from appliance.engine.synth import synthesize
 
-    folder = tmp_path_factory.mktemp("base")
-    tok = train_tokenizer(pretraining_text(read(dialogue)), 512)
-    new_model(Recipe(vocab=512, embd=64, layers=2, heads=2, ff=192), tok).save_pretrained(folder)
-    tok.save(str(folder / "tokenizer.json"))
-    return folder
+    return synthesize("tiny", tmp_path_factory.mktemp("base") / "tiny-base.gguf")
 
 
-def test_lora_route_on_a_base_checkpoint(tmp_path, dialogue, tiny_base):
+def test_lora_route_on_a_gguf_base_writes_an_adapter_and_a_merge(tmp_path, dialogue,
+                                                                 tiny_base):
+    import gguf
+
     out = tmp_path / "out" / "menenius"
     done = typewriter("persona", "build", "--dialogue", str(dialogue), "--character",
-                      "MENENIUS", "--base", str(tiny_base), "--max-steps", "3", "--out",
-                      str(out), timeout=300)
+                      "MENENIUS", "--base", str(tiny_base), "--max-steps", "2", "--batch", "4",
+                      "--window", "96", "--merge", "--out", str(out), timeout=300)
     assert done.returncode == 0, done.stderr
     verify(out)
-    assert f"LoRA (rank 16) on `{tiny_base}`, merged" in (out / "card.md").read_text()
+    card = (out / "card.md").read_text()
+    assert "LoRA (rank 16, alpha 32, on q_proj, v_proj, o_proj, down_proj) on the base" in card
+    assert "NLL per reply token: base alone" in card
     persona = Persona.load(out)
-    engine = Engine(persona.model_path, n_ctx=512, seed=0).start()
+    assert persona.base == str(tiny_base) and persona.adapter_path == out / "adapter.gguf"
+    assert not (out / "model.gguf").exists()
+    persona.check_base()
+    engine = Engine(persona.model_path, n_ctx=512, seed=0, adapter=persona.adapter_path).start()
     try:
         Prober(persona, engine).ask("Who are you?")
     finally:
         engine.close()
+    # The merge keeps the base's own tokenizer metadata, pre-tokenizer name included.
+    def tokenizer_values(path):
+        fields = gguf.GGUFReader(str(path)).fields
+        return {k: fields[k].contents() for k in ("tokenizer.ggml.pre", "tokenizer.ggml.model",
+                                                    "tokenizer.ggml.bos_token_id")}
+
+    assert tokenizer_values(out / "merged.gguf") == tokenizer_values(tiny_base)
+    merged = Engine(out / "merged.gguf", n_ctx=256, seed=0).start()
+    merged.close()
+
+
+@pytest.mark.parametrize("make, words", [
+    (None, "does not exist"),
+    (b"not a model", "not a GGUF"),
+])
+def test_base_that_is_not_a_llama_gguf_is_refused(tmp_path, dialogue, make, words):
+    base = tmp_path / "base.gguf"
+    if make is not None:
+        base.write_bytes(make)
+    done = build_into(tmp_path, dialogue, "--character", "MENENIUS", "--base", str(base))
+    one_line_error(done, str(base), words)
+    assert not any((tmp_path / "out").iterdir())
 
 
 def one_line_error(done: subprocess.CompletedProcess, *words: str) -> None:
@@ -150,17 +174,6 @@ def test_unknown_format_is_refused_and_leaves_nothing(tmp_path):
 def test_character_with_no_lines_is_refused_and_leaves_nothing(tmp_path, dialogue):
     one_line_error(build_into(tmp_path, dialogue, "--character", "HAMLET"),
                    "'HAMLET' has no lines", "MENENIUS (75)")
-    assert not any((tmp_path / "out").iterdir())
-
-
-@pytest.mark.parametrize("config", [None, {"model_type": "gpt2"}])
-def test_base_that_is_not_a_llama_checkpoint_is_refused(tmp_path, dialogue, config):
-    base = tmp_path / "base"
-    base.mkdir()
-    if config:
-        (base / "config.json").write_text(json.dumps(config))
-    done = build_into(tmp_path, dialogue, "--character", "MENENIUS", "--base", str(base))
-    one_line_error(done, f"--base {base}", "config.json" if config is None else "'gpt2'")
     assert not any((tmp_path / "out").iterdir())
 
 

@@ -9,11 +9,14 @@ from appliance.engine.worker import Reply
 from appliance.persona.build import BuildError
 from appliance.persona.build.dialogue import read
 from appliance.persona.build.examples import (
+    IDENTITY_QUESTIONS,
     IGNORE,
     character_frame,
     frame_examples,
+    held_out,
     identity,
     pretraining_text,
+    replay_text,
     turns,
 )
 from appliance.persona.spec import DialogueFrame
@@ -161,3 +164,40 @@ def test_identity_exchanges_all_name_the_character():
     answers = [text for role, text in pairs if role == "character"]
     assert len(answers) == len(pairs) // 2 >= 8
     assert all("Juliet" in a for a in answers)
+
+
+def test_replay_speaks_only_the_frames_two_labels_whatever_the_script_calls_people(tmp_path):
+    """Other speakers (First Citizen, All, Nurse, Senators) have their own names in the play;
+    the replay windows must not teach the model to write them as labels."""
+    script = read(write(tmp_path, "play.txt", PLAY))
+    config = character_frame("JULIET", "Juliet", "VISITOR", "In Verona.")
+    text = replay_text(turns(script, "JULIET"), config)
+    labels = {line.split(":")[0] for line in text.splitlines()}
+    assert labels == {"VISITOR", "JULIET"}
+    assert text.splitlines()[2] == "VISITOR: Ah, well-a-day! Peace!"
+    for name in ("Nurse", "NURSE", "ALL", "Citizen", "Senators"):
+        assert f"{name}:" not in text
+
+
+def test_held_out_answers_are_never_trained_on_nor_replayed(tmp_path):
+    script = read(write(tmp_path, "play.txt", PLAY))
+    conversation = turns(script, "JULIET")
+    test = held_out(conversation, 2)
+    assert test == {3}  # every second answer: "Tell me the worst."
+    config = character_frame("JULIET", "Juliet", "VISITOR", "In Verona.")
+    frame = DialogueFrame(config)
+    train = frame_examples(conversation, frame, fake_tokenize, 3, 1000,
+                           only=lambda i: i not in test)
+    assert len(train) == 1
+    assert "Tell me the worst." not in replay_text(conversation, config, test)
+
+
+def test_the_checks_identity_questions_are_not_the_builders():
+    """A persona that learned the builder's questions by rote must not pass the check for free."""
+    from appliance.persona.check import NAME_QUESTIONS
+
+    def words(q):
+        return " ".join(q.lower().replace("?", "").replace(",", "").split())
+
+    assert not {words(q) for q in NAME_QUESTIONS} & {words(q) for q in IDENTITY_QUESTIONS}
+    assert "Pray, what do they call you, lady?" in NAME_QUESTIONS

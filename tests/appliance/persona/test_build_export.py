@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.engine.synth import _quiet_llama
+from appliance.engine.synth import quiet_llama
 from appliance.persona.build import BuildError
 from appliance.persona.build.export import write_f16
 from appliance.persona.build.train import Recipe, Stage, stream_batch, train_tokenizer
@@ -47,7 +47,7 @@ def test_f16_gguf_logits_in_llama_cpp_match_transformers(tmp_path, tokenizer, kv
         "JULIET: O Romeo, Romeo! wherefore art thou Romeo?\nROMEO: Here.\n").ids
     with torch.no_grad():
         expected = model(torch.tensor([ids])).logits[0].numpy()
-    with _quiet_llama():
+    with quiet_llama():
         llm = Llama(model_path=str(path), n_ctx=128, n_batch=128, logits_all=True,
                     verbose=False)
     try:
@@ -79,7 +79,7 @@ def test_the_permutation_matters(tmp_path, tokenizer):
     ids = [tokenizer.token_to_id("<s>")] + tokenizer.encode("ROMEO: Good night, good night!").ids
     with torch.no_grad():
         expected = model(torch.tensor([ids])).logits[0].numpy()
-    with _quiet_llama():
+    with quiet_llama():
         llm = Llama(model_path=str(tmp_path / "unpermuted.gguf"), n_ctx=128, n_batch=128,
                     logits_all=True, verbose=False)
     try:

@@ -225,3 +225,64 @@ def test_the_reference_persona_in_docs_is_valid(tmp_path, tiny_model):
     (tmp_path / "model.gguf").write_bytes(tiny_model.read_bytes())
     persona = Persona.load(tmp_path)
     assert persona.frame.examples and persona.generation.max_tokens == 60
+
+
+# -- base personas: a LoRA adapter on a pretrained base --------------------------------------
+
+BASED = """name = "Juliet"
+base = "{base}"
+base_sha256 = "{sha}"
+adapter = "adapter.gguf"
+[frame]
+user_label = "VISITOR"
+character_label = "JULIET"
+"""
+
+
+def based(tmp_path, base="base.gguf", sha=None, adapter=b"GGUF\x03\x00\x00\x00", extra=""):
+    """A base persona whose base is a local file (its sha256 right unless sha is given)."""
+    import hashlib
+
+    folder = make(tmp_path, toml="", model=None)
+    (folder / "base.gguf").write_bytes(b"GGUF base weights")
+    digest = sha or hashlib.sha256(b"GGUF base weights").hexdigest()
+    (folder / "persona.toml").write_text(extra + BASED.format(base=base, sha=digest))
+    if adapter is not None:
+        (folder / "adapter.gguf").write_bytes(adapter)
+    return folder
+
+
+def test_a_base_persona_loads_with_its_base_and_adapter(tmp_path):
+    p = Persona.load(based(tmp_path))
+    assert p.base == "base.gguf" and p.model_path == tmp_path / "juliet" / "base.gguf"
+    assert p.adapter_path == tmp_path / "juliet" / "adapter.gguf"
+    p.check_base()
+
+
+def test_a_known_base_is_looked_for_in_the_cache_and_its_fetch_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    p = Persona.load(based(tmp_path, base="smollm2-135m", sha="ab" * 32))
+    assert p.model_path == tmp_path / "cache" / "typewriter" / "models" / \
+        "SmolLM2-135M-Instruct.Q4_1.gguf"
+    with pytest.raises(PersonaError, match="run `typewriter model fetch smollm2-135m`"):
+        p.check_base()
+
+
+def test_a_base_with_another_sha256_is_refused_with_the_fix(tmp_path):
+    p = Persona.load(based(tmp_path, sha="0" * 64))
+    with pytest.raises(PersonaError, match="the adapter was trained on 0000000000000000"):
+        p.check_base()
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"sha": "nothex"}, "base_sha256: 'nothex' is not a sha256"),
+    ({"base": "llama-9000"}, "base: 'llama-9000' is neither a known base"),
+    ({"adapter": None}, "adapter: adapter file"),
+    ({"adapter": b"oops"}, "is not a GGUF adapter"),
+    ({"extra": 'model = "model.gguf"\n'}, "model: a persona is either a whole model"),
+])
+def test_base_persona_problems_name_the_setting_and_fix(tmp_path, kw, words):
+    folder = based(tmp_path, **kw)
+    with pytest.raises(PersonaError) as e:
+        Persona.load(folder)
+    assert words in str(e.value) and "\n" not in str(e.value)

@@ -2,6 +2,7 @@
 
 from firmware_bridge.board import messages as m
 from firmware_bridge.board.device import Device, Ring
+from firmware_bridge.board.framing import Decoder
 from firmware_bridge.board.session import Session
 from tests.firmware_bridge.clock import Clock
 
@@ -208,6 +209,26 @@ def test_keys_wait_for_a_host_that_restored_an_old_session():
     b.host_away = False
     b.run(3.0)
     assert bytes(b.keys) == b"x"
+
+
+def test_a_lost_welcome_cannot_drop_the_first_key_of_a_new_boot():
+    """Issue #18 A. Both ends restarted: the host restored (old boot_id, last seq 0), the
+    board's boot HELLO went nowhere, the host's HELLO arrived but the board's WELCOME was
+    lost. The board's first KEY has seq 0: it must not pass for the old boot's duplicate."""
+    b = Bench(greet=False)
+    b.host_away = True
+    b.type(b"x")
+    b.run(2.0)  # the boot HELLOs are lost: the host is not there yet
+    b.host = b.new_host()
+    b.host.restore(0xBBB0, 0)
+    b.host.hello()
+    b.device.feed(b.host.output())  # the host's HELLO arrives: the board is greeted
+    lost = b.device.output()  # its WELCOME (and the first KEY, seq 0) are lost on the line
+    assert [f[0] for f in Decoder().feed(lost)] == [m.WELCOME, m.STATUS, m.KEY]
+    b.host_away = False
+    b.run(3.0)
+    assert bytes(b.keys) == b"x"
+    assert ("restarted", 0xBBBB) in b.host_events
 
 
 def test_hello_repeats_until_the_host_answers():

@@ -114,6 +114,43 @@ def test_restored_boot_id_that_differs_is_a_restart():
     assert got == [b"fresh"]
 
 
+def test_restored_seq_is_not_trusted_before_the_peer_greets():
+    """Issue #18 A: after restore() and hello(), a reliable frame from a peer not heard to
+    greet since may come from a new boot whose seq happens to equal the restored one: it
+    is neither delivered nor acknowledged (the peer retransmits) until a HELLO or WELCOME
+    says which boot sent it; the HELLO repeats every second meanwhile."""
+    clock = Clock()
+    got = []
+    host = Session(0, "host", 5, clock, on_reliable=lambda t, s, b: got.append(b) or True)
+    host.restore(0x2222, 0)
+    host.hello()
+    hello = host.output()
+    host.feed(encode_frame(m.KEY, 0, b"new boot"))  # the peer's WELCOME was lost
+    assert got == [] and host.output() == b"", "not delivered, not acknowledged"
+    clock.now = 1.0
+    assert host.output() == hello, "HELLO again: the peer's WELCOME will say who it is"
+    events = host.feed(encode_frame(m.WELCOME, 0, m.pack_hello(1, 0x3333, "fw")))
+    assert events[0] == ("restarted", 0x3333)
+    host.feed(encode_frame(m.KEY, 0, b"new boot"))
+    assert got == [b"new boot"] and frames(host.output()) == [(m.ACK, 0, m.pack_ack(0))]
+    clock.now = 5.0
+    assert host.output() == b"", "greeted: no more HELLO"
+
+
+def test_same_boot_greeting_keeps_the_restored_seq_after_hello():
+    clock = Clock()
+    got = []
+    host = Session(0, "host", 5, clock, on_reliable=lambda t, s, b: got.append(b) or True)
+    host.restore(0x2222, 7)
+    host.hello()
+    host.output()
+    host.feed(encode_frame(m.KEY, 7, b"old"))
+    assert host.output() == b"", "which boot sent it? not yet known"
+    host.feed(encode_frame(m.WELCOME, 0, m.pack_hello(1, 0x2222, "fw")))
+    host.feed(encode_frame(m.KEY, 7, b"old"))
+    assert frames(host.output()) == [(m.ACK, 7, m.pack_ack(0))] and got == []
+
+
 # -- sending --------------------------------------------------------------------------
 
 def test_reliable_frames_go_one_at_a_time_in_order():

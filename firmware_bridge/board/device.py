@@ -168,7 +168,7 @@ class Device:
         """
         events = self.session.feed(data)
         for event in events:
-            if event[0] == "hello":
+            if event.kind == "hello":
                 self._status = None
         return events
 

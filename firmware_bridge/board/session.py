@@ -4,6 +4,8 @@ The caller moves bytes: `feed()` what the port received, write what `output()`
 returns. Runs unchanged on CPython and MicroPython (the clock is injected).
 """
 
+from collections import namedtuple
+
 from firmware_bridge.board import messages as m
 from firmware_bridge.board.framing import Decoder, encode_frame
 
@@ -11,6 +13,14 @@ try:
     from typing import Callable, List, Optional
 except ImportError:  # MicroPython: annotations are never evaluated
     pass
+
+
+# What feed() returns, one record per kind; `kind` first, so each still compares equal to
+# the plain tuple ("ack", seq, credits) and unpacks the same way.
+Greeting = namedtuple("Greeting", ("kind", "version", "caps", "boot_id", "name"))  # hello/welcome
+Restarted = namedtuple("Restarted", ("kind", "boot_id"))
+Ack = namedtuple("Ack", ("kind", "seq", "credits"))
+Status = namedtuple("Status", ("kind", "flags", "column", "credits", "printed"))
 
 
 class Session:
@@ -137,27 +147,27 @@ class Session:
             version, caps, boot_id, name = _unpack(m.unpack_hello, body)
             if self.peer_boot_id is not None and boot_id != self.peer_boot_id:
                 self.last_seq = None
-                events.append(("restarted", boot_id))
+                events.append(Restarted("restarted", boot_id))
             self.peer_boot_id = boot_id
             self.greeted = True
             if ftype == m.HELLO:
                 self.out += encode_frame(
                     m.WELCOME, 0, m.pack_hello(self.caps, self.boot_id, self.name)
                 )
-                events.append(("hello", version, caps, boot_id, name))
+                events.append(Greeting("hello", version, caps, boot_id, name))
             else:
-                events.append(("welcome", version, caps, boot_id, name))
+                events.append(Greeting("welcome", version, caps, boot_id, name))
         elif ftype == m.ACK:
             credits = _unpack(m.unpack_ack, body)
             self.peer_credits = credits
             if self.in_flight is not None and seq == self.in_flight[0]:
                 self.in_flight = None
                 self._next()
-            events.append(("ack", seq, credits))
+            events.append(Ack("ack", seq, credits))
         elif ftype == m.STATUS:
             status = _unpack(m.unpack_status, body)
             self.peer_credits = status[2]
-            events.append(("status",) + tuple(status))
+            events.append(Status("status", *status))
         elif ftype in m.RELIABLE:
             if not self.greeted:
                 return  # from which boot? No ACK: the peer retransmits after our HELLO

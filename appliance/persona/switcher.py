@@ -33,11 +33,22 @@ class SwitchError(UserError):
 
 @dataclass
 class Plan:
-    """A validated persona, with its engine already loaded unless memory was tight."""
+    """A validated persona, with its engine already loaded unless memory was tight.
+
+    shares_base: the persona is an adapter on the base the current engine runs, so
+    nothing is loaded; `Switcher.swap_onto` puts its adapter on that engine.
+    """
 
     name: str
     persona: Persona
     engine: Optional[Engine]
+    shares_base: bool = False
+
+
+def shares_base(persona: Persona, engine: Engine) -> bool:
+    """The persona is an adapter on exactly the model file the engine has loaded."""
+    return (persona.base is not None and persona.model_path.resolve() ==
+            engine.model_path.resolve() and persona.base_sha256 == engine.base_sha256)
 
 
 class Switcher:
@@ -74,8 +85,13 @@ class Switcher:
             raise SwitchError(str(e)) from None
         raise SwitchError(f"persona {request!r}: use 'use NAME', 'rollback' or 'next'")
 
-    def prepare(self, name: str, current_model: Optional[Path]) -> Plan:
-        """Validate `name` and, if both models fit in memory together, load it now."""
+    def prepare(self, name: str, current_model: Optional[Path],
+                current: Optional[Engine] = None) -> Plan:
+        """Validate `name` and, if both models fit in memory together, load it now.
+
+        A persona on the base `current` runs (same file, same sha256) loads
+        nothing: its plan says so, and the switch swaps adapters.
+        """
         folder = self.store.path(name)
         freed = current_model.stat().st_size if current_model and current_model.exists() else 0
         verdict = validate(folder, Limits.of_this_board(n_ctx=self.n_ctx, freed=freed))
@@ -86,11 +102,21 @@ class Switcher:
             need = needed_memory(read_header(persona.model_path), self.n_ctx)
         except (PersonaError, HeaderError) as e:
             raise SwitchError(str(e)) from None
+        if current is not None and shares_base(persona, current):
+            return Plan(name, persona, None, shares_base=True)
         if need > self.free_memory():
             log.info("%s: %d MiB needed, not free beside the current model: it loads after "
                      "the current model is closed", name, need >> 20)
             return Plan(name, persona, None)
         return Plan(name, persona, self.load(persona))
+
+    def swap_onto(self, engine: Engine, persona: Persona) -> Engine:
+        """Put the persona's adapter on the running engine (tens of ms, not a reload)."""
+        try:
+            engine.use_adapter(persona.adapter_path)
+        except EngineError as e:
+            raise SwitchError(f"{persona.name}: {e}") from None
+        return engine
 
     def load(self, persona: Persona) -> Engine:
         try:

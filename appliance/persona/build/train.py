@@ -280,6 +280,7 @@ class Stage:
                 progress.update(task, completed=step, loss=loss)
                 if step % self.save_every == 0 or step == self.steps:
                     self._save(acc, optimizer, scheduler, step, loss)
+                    _log_line(progress, task)
         except KeyboardInterrupt:
             self._save(acc, optimizer, scheduler, step, loss)
             raise BuildError(f"interrupted at {self.name} step {step} of {self.steps}; run the "
@@ -307,6 +308,16 @@ class Stage:
             os.replace(tmp, self.checkpoint)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _log_line(progress, task) -> None:
+    """A plain progress line where the bar cannot be drawn (a log file, nohup, CI)."""
+    if progress.disable or progress.console.is_terminal:
+        return
+    t = next(x for x in progress.tasks if x.id == task)
+    eta = f"{t.time_remaining / 60:.1f} min" if t.time_remaining is not None else "?"
+    progress.console.print(f"{t.description} step {int(t.completed)}/{int(t.total)} loss "
+                           f"{t.fields['loss']:.3f}, {t.elapsed or 0:.0f} s so far, ETA {eta}")
 
 
 def progress_bar(disable: bool = False):

@@ -1,5 +1,6 @@
 """Switching persona in a running appliance: the old one serves until the new one is ready."""
 
+import shutil
 import threading
 
 import pytest
@@ -137,3 +138,71 @@ def test_switching_a_persona_that_is_not_installed(tmp_path, tiny_model):
             "persona 'jump': use")
     sim.stop()
     app.engine.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_adapters(tmp_path_factory):
+    """A tiny GGUF base and two random LoRA adapters on it, exported as the build does."""
+    import torch
+
+    from appliance.engine.synth import synthesize
+    from appliance.persona.build.adapter import write_adapter
+    from appliance.persona.build.train import Recipe, add_lora, load_gguf_base
+
+    folder = tmp_path_factory.mktemp("adapters")
+    base = synthesize("tiny", folder / "base.gguf")
+    paths = []
+    for seed in (1, 2):
+        model = add_lora(load_gguf_base(base), Recipe(base=str(base), lora_rank=4, seed=seed))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.05)
+        paths.append(folder / f"adapter-{seed}.gguf")
+        write_adapter(model, paths[-1], alpha=8)
+    return base, paths
+
+
+def adapter_bundle(folder, base, adapter, name):
+    from appliance.engine.bases import sha256_of
+    from appliance.persona.bundle import seal
+
+    folder.mkdir(parents=True)
+    shutil.copy(adapter, folder / "adapter.gguf")
+    (folder / "persona.toml").write_text(
+        f'name = "{name}"\nbase = "{base}"\nbase_sha256 = "{sha256_of(base)}"\n'
+        'adapter = "adapter.gguf"\n[frame]\nuser_label = "ROMEO"\ncharacter_label = "JULIET"\n')
+    seal(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_a_persona_on_the_running_base_swaps_its_adapter_and_loads_nothing(tmp_path,
+                                                                          tiny_adapters,
+                                                                          tiny_model):
+    base, (first, second) = tiny_adapters
+    store = PersonaStore(tmp_path / "store")
+    for name, adapter in (("one", first), ("two", second)):
+        with store.staging() as staged:
+            store.install(adapter_bundle(staged / "b", base, adapter, name.title()), name)
+    with store.staging() as staged:
+        store.install(persona_bundle(staged / "b", tiny_model), "whole")
+    loads = []
+
+    def load_adapted(persona):
+        loads.append(persona.name)
+        return Engine(persona.model_path, n_ctx=256, n_threads=2,
+                      adapter=persona.adapter_path).start()
+
+    switcher = Switcher(store, load_adapted, n_ctx=256)
+    engine = load_adapted(Persona.load(store.path("one")))
+    try:
+        plan = switcher.prepare("two", engine.model_path, engine)
+        assert plan.shares_base and plan.engine is None and loads == ["One"]
+        assert switcher.swap_onto(engine, plan.persona) is engine
+        assert engine.adapter_path == store.path("two") / "adapter.gguf"
+        other = switcher.prepare("whole", engine.model_path, engine)
+        assert not other.shares_base and other.engine is not None  # another model: loaded
+        other.engine.close()
+    finally:
+        engine.close()

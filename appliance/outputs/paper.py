@@ -8,7 +8,7 @@ whole word is known and known to fit.
 from __future__ import annotations
 
 import unicodedata
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from appliance.outputs.base import Output
 
@@ -161,6 +161,9 @@ class Paper(Output):
         self.start = 0  # the typewriter's printed counter when the reply began
         self.sent = 0  # print bytes of the reply handed to the link so far
         self.mark = 0  # where on the paper the latest piece starts (the voice paces to it)
+        # Keys struck after the reply began and before its first word: the firmware holds
+        # keys only once printing starts, so these moved the carriage off the line start.
+        self._typed_ahead: Optional[bool] = None  # None: no reply waiting for its first word
 
     @property
     def struck(self) -> int:
@@ -169,6 +172,8 @@ class Paper(Output):
 
     def typed(self, code: int) -> None:
         self.at_line_start = code == 0x0A
+        if self._typed_ahead is not None:
+            self._typed_ahead = not self.at_line_start
 
     def reply_started(self) -> None:
         # Exact when the typewriter is idle at submit, which it is unless it is still
@@ -177,19 +182,26 @@ class Paper(Output):
         if not self.at_line_start:
             self.typewriter.print_text("\n")
         self.typesetter.start(0)
+        self._typed_ahead = False
 
     def reply_piece(self, piece: str) -> None:
         self.mark = self.sent
-        out = self.typesetter.feed(piece)
-        if out:
-            self.typewriter.print_text(out)
-            self.sent += len(out)
+        self._strike(self.typesetter.feed(piece))
 
     def reply_ended(self) -> None:
-        tail = self.typesetter.finish()
-        self.typewriter.print_text(tail + "\n\n")
-        self.sent += len(tail)
+        self._strike(self.typesetter.finish())
+        self._typed_ahead = None
+        self.typewriter.print_text("\n\n")
         self.at_line_start = True
+
+    def _strike(self, out: str) -> None:
+        if not out:
+            return
+        if self._typed_ahead:  # the reply's first line starts where the typesetter thinks
+            self.typewriter.print_text("\n")
+        self._typed_ahead = None
+        self.typewriter.print_text(out)
+        self.sent += len(out)
 
     def line(self, text: str) -> None:
         self.typesetter.start(0)

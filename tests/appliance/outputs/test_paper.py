@@ -122,3 +122,36 @@ def test_the_bell_rings_once_as_a_line_passes_the_margin(text, width):
             assert line.count(BELL) == 1 and line.index(BELL) == width - 8
         else:
             assert BELL not in line
+
+
+def test_a_reply_after_keys_typed_while_the_model_thinks_keeps_the_margin(script_persona):
+    """Keys typed between the submit and the reply's first word strike the paper (the
+    firmware holds keys only once printing starts), so the reply starts a line of its own
+    instead of being laid out from column 0 after them and running past the margin."""
+    from appliance.core.loop import Appliance
+    from appliance.engine.worker import Engine
+    from appliance.persona.spec import Persona
+    from firmware_bridge.host.simulator import SimulatedTypewriter
+    from tests.conftest import wait_for
+
+    width = 40
+    persona = Persona.load(script_persona)
+    engine = Engine(persona.model_path, n_ctx=512, n_threads=2).start()
+    sim = SimulatedTypewriter(width=width, cps=400, cr_seconds=0.01)
+    app = Appliance(persona, engine, sim.start(), width=width).start()
+    try:
+        assert wait_for(lambda: app.link.up, 10)
+        # The loop is not running yet: the keys queue up before the reply's first piece.
+        sim.type_text("Hello\n\n")
+        sim.type_text("and now I type on while you think")
+        assert wait_for(lambda: "you think" in sim.paper.text(), 10)
+        assert wait_for(lambda: app.events.qsize() >= 2, 10)
+        with app.running():
+            assert wait_for(lambda: app.replies == 1 and app.idle, 30)
+            assert sim.wait_printed(10)
+        overrun = [line for line in sim.paper.text().split("\n") if len(line) > width]
+        assert not overrun, sim.paper.text()
+        assert "you think\n" in sim.paper.text(), "the reply starts on a line of its own"
+    finally:
+        sim.stop()
+        engine.close()

@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="--type: seconds to wait")
     demo.add_argument("--state-dir", help="keep a transcript there (default: none)")
     demo.add_argument("--speak", action="store_true", help="speak the replies too, sentence "
-                      "by sentence (to the sound card, else to WAV files it names)")
+                      "by sentence, with espeak-ng (without it, the laptop's own voice through "
+                      "pyttsx3), to the sound card, else to WAV files it names")
     demo.add_argument("--speech-files", metavar="DIR", help="--speak: write the WAV files "
                       "there even with a sound card")
     demo.set_defaults(func=cmd_demo)

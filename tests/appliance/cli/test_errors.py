@@ -165,26 +165,14 @@ FAILURES = [
     (["install-units", "--root", "{file}"], "cannot install under"),
     (["install-units", "--root", "{tmp}/root", "--command", "relative/typewriter"],
      "must be an absolute path"),
-]
-# Tracebacks whose fix lies in files another change owns (see the issue #19 report).
-KNOWN = [
-    pytest.param(["bench", "--shape", "nope"], "unknown shape 'nope'", marks=pytest.mark.xfail(
-        strict=True, reason="appliance/cli/common.py synthetic(): ValueError of an unknown "
-        "shape")),
-    pytest.param(["model", "bench", "--shape", "nope"], "unknown shape 'nope'",
-                 marks=pytest.mark.xfail(strict=True, reason="appliance/cli/common.py "
-                                         "synthetic(): ValueError of an unknown shape")),
-    pytest.param(["model", "synth", "--shape", "tiny", "{file}/x.gguf"], "cannot write",
-                 marks=pytest.mark.xfail(strict=True, reason="appliance/cli/model.py "
-                                         "cmd_model_synth: OSError of an unwritable path")),
-    pytest.param(["persona", "authorize-key", KEY, "--authorized-keys", "{file}/keys"],
-                 "cannot write", marks=pytest.mark.xfail(
-                     strict=True, reason="appliance/cli/persona.py cmd_authorize_key: "
-                     "OSError of an unwritable authorized_keys")),
+    (["bench", "--shape", "nope"], "unknown shape 'nope'"),
+    (["model", "bench", "--shape", "nope"], "unknown shape 'nope'"),
+    (["model", "synth", "--shape", "tiny", "{file}/x.gguf"], "cannot write"),
+    (["persona", "authorize-key", KEY, "--authorized-keys", "{file}/keys"], "cannot write"),
 ]
 
 
-@pytest.mark.parametrize("args, needle", FAILURES + KNOWN,
+@pytest.mark.parametrize("args, needle", FAILURES,
                          ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_each_failure_ends_in_one_line_naming_the_fix(tmp_path, args, needle):
     plain = tmp_path / "notes.txt"

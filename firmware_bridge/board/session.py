@@ -35,9 +35,10 @@ class Session:
                  on_reliable: "Optional[Callable[[int, int, bytes], bool]]" = None,
                  credits: "Optional[Callable[[], int]]" = None,
                  retry_initial: float = 0.1, retry_max: float = 1.0,
-                 hello_every: float = 1.0) -> None:
+                 hello_every: float = 1.0, version: int = m.VERSION) -> None:
         self.caps = caps
         self.name = name
+        self.version = version  # what our HELLO and WELCOME say (tests simulate others)
         self.boot_id = boot_id & 0xFFFFFFFF
         self.clock = clock
         self.on_reliable = on_reliable or (lambda ftype, seq, body: True)
@@ -54,6 +55,8 @@ class Session:
         self.retry_delay = retry_initial
         self.peer_boot_id = None
         self.peer_credits = None
+        self.peer_version = None  # version and caps of the last HELLO/WELCOME heard
+        self.peer_caps = None
         self.last_seq = None
         self.last_heard = None
         # Whether last_seq may be trusted: False from hello() or restore() until the peer
@@ -73,7 +76,7 @@ class Session:
         self._say_hello()
 
     def _say_hello(self) -> None:
-        self.out += encode_frame(m.HELLO, 0, m.pack_hello(self.caps, self.boot_id, self.name))
+        self.out += encode_frame(m.HELLO, 0, self._greeting())
         self.hello_at = self.clock() + self.hello_every
 
     def send(self, ftype: int, body: bytes) -> None:
@@ -149,11 +152,10 @@ class Session:
                 self.last_seq = None
                 events.append(Restarted("restarted", boot_id))
             self.peer_boot_id = boot_id
+            self.peer_version, self.peer_caps = version, caps
             self.greeted = True
             if ftype == m.HELLO:
-                self.out += encode_frame(
-                    m.WELCOME, 0, m.pack_hello(self.caps, self.boot_id, self.name)
-                )
+                self.out += encode_frame(m.WELCOME, 0, self._greeting())
                 events.append(Greeting("hello", version, caps, boot_id, name))
             else:
                 events.append(Greeting("welcome", version, caps, boot_id, name))
@@ -176,6 +178,9 @@ class Session:
             elif self.on_reliable(ftype, seq, body):
                 self.last_seq = seq
                 self._ack(seq)
+
+    def _greeting(self) -> bytes:
+        return m.pack_hello(self.caps, self.boot_id, self.name, self.version)
 
     def _ack(self, seq: int) -> None:
         self.out += encode_frame(m.ACK, seq, m.pack_ack(self.credits()))

@@ -6,6 +6,11 @@ caller has kept them), sends print text only as
 the firmware's credits allow, and when it hears nothing valid for three seconds
 it treats the link as down, reopens the port (the board may have been replugged)
 and says HELLO again.
+
+It checks the peer (docs/protocol-notes.md, rule 2): a firmware speaking another
+protocol version is refused (`refused` says why and what to do; the link stays
+down, no key is taken from it); without the printer cap print text is dropped, and
+without the bell cap BELL bytes are stripped from it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,16 @@ READ_WAIT = 0.05  # wait while a frame awaits its ACK: retransmission is due in 
 # to the model, which shares them while a reply is generated.
 IDLE_WAIT = 0.25
 HOST_CAPS = 0
+BELL = 0x07
+FLASH_COMMAND = "typewriter firmware flash"
+
+
+def refusal(version: int) -> str:
+    """Why a firmware speaking `version` is refused, and the fix."""
+    said = f"the typewriter speaks protocol {version}, this appliance {m.VERSION}: "
+    if version < m.VERSION:
+        return said + f"update its firmware with {FLASH_COMMAND}"
+    return said + f"update the appliance (its {FLASH_COMMAND} then installs the matching firmware)"
 
 
 class LinkError(UserError):
@@ -78,7 +93,11 @@ class Link:
             on_reliable=self._reliable,
         )
         self.up = False
+        self.refused: Optional[str] = None  # why the firmware is refused (None: it is not)
         self.peer_name = ""
+        self.peer_caps: Optional[int] = None
+        self.print_dropped = 0  # print bytes dropped: the typewriter has no printer
+        self._told_no_printer = False
         self.overflow = False
         self.column = 0
         self.printed = 0
@@ -151,6 +170,8 @@ class Link:
     def _reliable(self, ftype: int, seq: int, body: bytes) -> bool:
         """Keys go to on_keys(boot_id, seq, codes), which must keep them before returning
         True: only then are they acknowledged. Keys from a board not yet greeted wait."""
+        if self.session.peer_version != m.VERSION:
+            return False  # refused, or not yet greeted: its frames are not ours to read
         if ftype != m.KEY:
             return True
         boot_id = self.session.peer_boot_id
@@ -203,7 +224,20 @@ class Link:
 
     def _greeted(self, event: Greeting) -> None:
         self.peer_name = event.name
+        if event.version != m.VERSION:
+            reason = refusal(event.version)
+            if reason != self.refused:
+                self.refused = reason
+                log.error("refusing the typewriter %r on %s: %s", event.name, self.port, reason)
+                if self.up:
+                    self.up = False
+                    self.on_change("down")
+                self.on_change("refused")
+            return
+        self.refused = None
+        self.peer_caps = event.caps
         if not self.up:
+            self._told_no_printer = False
             self.up = True
             log.info("link up: %s (%s)", self.peer_name, self.port)
             self.on_change("up")
@@ -221,12 +255,26 @@ class Link:
 
     def _feed_print(self) -> None:
         """Hand the next chunk of print text to the session when the firmware has room."""
+        if not self._to_print or not self.up:
+            return
+        caps = self.peer_caps or 0
+        if not caps & m.CAP_PRINTER:
+            self.print_dropped += len(self._to_print)
+            if not self._told_no_printer:
+                self._told_no_printer = True
+                log.warning("the typewriter %r has no printer (caps 0x%02x): print text "
+                            "dropped", self.peer_name, caps)
+            self._to_print.clear()
+            return
         credits = self.session.peer_credits
-        if not self._to_print or self.session.pending or not credits or not self.up:
+        if self.session.pending or not credits:
             return
         n = min(len(self._to_print), credits, MAX_BODY)
         chunk = bytes(self._to_print.popleft() for _ in range(n))
-        self.session.send(m.PRINT, chunk)
+        if not caps & m.CAP_BELL:
+            chunk = chunk.replace(bytes([BELL]), b"")
+        if chunk:
+            self.session.send(m.PRINT, chunk)
 
     def _check_alive(self) -> None:
         heard = self.session.last_heard

@@ -1,5 +1,6 @@
 """The host link over a real pseudo-terminal, against the firmware's own protocol logic."""
 
+import logging
 import os
 import threading
 import time
@@ -10,6 +11,7 @@ import pytest
 from firmware_bridge.board import messages as m
 from firmware_bridge.board.device import Device
 from firmware_bridge.host.link import DEAD_AFTER, Link
+from firmware_bridge.host.simulator import SimulatedTypewriter
 from tests.conftest import wait_for
 
 
@@ -149,3 +151,103 @@ def test_overflow_flag_is_reported(rig):
     assert wait_for(lambda: rig.link.overflow, 8)
     assert "overflow" in rig.changes
     assert rig.link.flags & m.FLAG_OVERFLOW
+
+
+# -- the host checks the peer (issue #18 B): the simulated typewriter on a pty ----------
+
+class SimRig:
+    """The firmware in the simulated typewriter, its protocol version and caps as given,
+    and a host link to it."""
+
+    def __init__(self, version=m.VERSION, caps=None, wait_up=True):
+        self.sim = SimulatedTypewriter(cps=2000, cr_seconds=0)
+        session = self.sim.device.session
+        session.version = version
+        if caps is not None:
+            session.caps = caps
+        self.keys, self.changes = [], []
+        self.link = Link(self.sim.start(), on_keys=lambda boot, seq, codes:
+                         self.keys.extend(codes) or True, on_change=self.changes.append).open()
+        if wait_up:
+            assert wait_for(lambda: self.link.up, 5)
+
+    def close(self):
+        self.link.close()
+        self.sim.stop()
+
+
+def test_a_firmware_speaking_another_protocol_version_is_refused(caplog):
+    caplog.set_level(logging.INFO, "firmware_bridge.host.link")
+    rig = SimRig(version=2, wait_up=False)
+    try:
+        assert wait_for(lambda: rig.link.refused, 5)
+        rig.sim.type_text("lost?")
+        time.sleep(1.5)
+        assert not rig.link.up and "up" not in rig.changes and "refused" in rig.changes
+        assert rig.keys == [], "no key is taken from a peer whose frames we cannot read"
+        assert rig.link.refused == ("the typewriter speaks protocol 2, this appliance 1: "
+                                    "update the appliance (its typewriter firmware flash "
+                                    "then installs the matching firmware)")
+        refusals = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(refusals) == 1 and rig.link.refused in refusals[0].getMessage()
+        rig.link.print_text("nothing\n")
+        time.sleep(0.5)
+        assert rig.sim.paper.text() == "lost?", "only what was typed: nothing printed"
+        # Reflashed: the same board now speaks protocol 1 and says HELLO again.
+        with rig.sim._lock:
+            rig.sim.device.session.version = m.VERSION
+            rig.sim.device.session.boot_id = 0x51515151
+            rig.sim.device.boot()
+        assert wait_for(lambda: rig.link.up, 5)
+        assert rig.link.refused is None
+        assert wait_for(lambda: bytes(rig.keys) == b"lost?", 5)
+    finally:
+        rig.close()
+
+
+def test_an_older_firmware_is_told_to_be_flashed():
+    rig = SimRig(version=0, wait_up=False)
+    try:
+        assert wait_for(lambda: rig.link.refused, 5)
+        assert rig.link.refused == ("the typewriter speaks protocol 0, this appliance 1: "
+                                    "update its firmware with typewriter firmware flash")
+        assert not rig.link.up
+    finally:
+        rig.close()
+
+
+def test_no_bell_cap_strips_bells_from_print_text():
+    rig = SimRig(caps=m.CAP_KEYBOARD | m.CAP_PRINTER)
+    try:
+        rig.link.print_text("ding\x07 dong\x07\n")
+        assert wait_for(lambda: rig.sim.paper.text() == "ding dong\n" and rig.link.unprinted == 0)
+        assert rig.sim.wait_printed(5)
+        assert rig.sim.bells == 0 and rig.sim.device.printed_count == len("ding dong\n")
+    finally:
+        rig.close()
+
+
+def test_bell_cap_keeps_the_bell():
+    rig = SimRig()
+    try:
+        rig.link.print_text("ding\x07\n")
+        assert wait_for(lambda: rig.sim.bells == 1 and rig.sim.paper.text() == "ding\n")
+    finally:
+        rig.close()
+
+
+def test_no_printer_cap_drops_print_text_with_one_log_line(caplog):
+    caplog.set_level(logging.INFO, "firmware_bridge.host.link")
+    rig = SimRig(caps=m.CAP_KEYBOARD)
+    try:
+        rig.link.print_text("never\n")
+        rig.link.print_text("struck\n")
+        assert wait_for(lambda: rig.link.unprinted == 0, 2)
+        time.sleep(0.5)
+        assert rig.sim.paper.text() == "" and rig.sim.device.printed_count == 0
+        drops = [r.getMessage() for r in caplog.records if "no printer" in r.getMessage()]
+        assert len(drops) == 1, drops
+        rig.sim.type_text("keys still work")
+        assert wait_for(lambda: bytes(rig.keys) == b"keys still work", 5)
+    finally:
+        rig.close()

@@ -432,7 +432,7 @@ class Appliance:
         """
         answer: queue.Queue[dict] = queue.Queue()
         current = self.switcher.installed_name(self.persona)
-        model = self.engine.model_path
+        engine = self.engine
 
         def prepare() -> None:
             done: queue.Queue[dict] = queue.Queue()
@@ -442,7 +442,7 @@ class Appliance:
                     answer.put({"ok": True, "persona": self.persona.name,
                                 "note": "already active"})
                     return
-                plan = self.switcher.prepare(name, model)
+                plan = self.switcher.prepare(name, engine.model_path, engine)
                 event = SwitchReady(plan, on_paper, done)
             except SwitchError as e:
                 event = SwitchFailed(str(e), on_paper, done)
@@ -470,18 +470,24 @@ class Appliance:
         old_persona, old_engine = self.persona, self.engine
         engine = plan.engine
         try:
-            if engine is None:  # too little memory for both: the old model goes first
+            if plan.shares_base:  # the same base: only the adapter changes (tens of ms)
+                engine = self.switcher.swap_onto(old_engine, plan.persona)
+            elif engine is None:  # too little memory for both: the old model goes first
                 old_engine.close()
                 engine = self._pinging(lambda: self.switcher.load(plan.persona))
             self._adopt(plan.persona, engine)
         except (SwitchError, EngineError) as e:
-            if engine is not None:
-                engine.close()
-            if plan.engine is None:
-                self._adopt(old_persona, self._pinging(lambda: self.switcher.load(old_persona)))
+            if plan.shares_base:
+                self._adopt(old_persona, self.switcher.swap_onto(old_engine, old_persona))
+            else:
+                if engine is not None:
+                    engine.close()
+                if plan.engine is None:
+                    self._adopt(old_persona,
+                                self._pinging(lambda: self.switcher.load(old_persona)))
             self._switch_failed(SwitchFailed(str(e), event.on_paper, event.done))
             return
-        if plan.engine is not None:
+        if engine is not old_engine:
             old_engine.close()
         if self.journal is not None:
             self.journal.new_conversation()

@@ -1,6 +1,5 @@
 """Switching persona in a running appliance: the old one serves until the new one is ready."""
 
-import shutil
 import threading
 
 import pytest
@@ -13,7 +12,7 @@ from appliance.persona.switcher import Switcher
 from firmware_bridge.board import messages as m
 from firmware_bridge.host.simulator import SimulatedTypewriter
 from tests.appliance.persona.test_transfer import persona_bundle
-from tests.conftest import SCRIPT_REPLY, wait_for
+from tests.conftest import SCRIPT_REPLY, adapter_bundle, wait_for
 
 
 def load(persona):
@@ -140,42 +139,6 @@ def test_switching_a_persona_that_is_not_installed(tmp_path, tiny_model):
     app.engine.close()
 
 
-@pytest.fixture(scope="module")
-def tiny_adapters(tmp_path_factory):
-    """A tiny GGUF base and two random LoRA adapters on it, exported as the build does."""
-    import torch
-
-    from appliance.engine.synth import synthesize
-    from appliance.persona.build.adapter import write_adapter
-    from appliance.persona.build.train import Recipe, add_lora, load_gguf_base
-
-    folder = tmp_path_factory.mktemp("adapters")
-    base = synthesize("tiny", folder / "base.gguf")
-    paths = []
-    for seed in (1, 2):
-        model = add_lora(load_gguf_base(base), Recipe(base=str(base), lora_rank=4, seed=seed))
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(0, 0.05)
-        paths.append(folder / f"adapter-{seed}.gguf")
-        write_adapter(model, paths[-1], alpha=8)
-    return base, paths
-
-
-def adapter_bundle(folder, base, adapter, name):
-    from appliance.engine.bases import sha256_of
-    from appliance.persona.bundle import seal
-
-    folder.mkdir(parents=True)
-    shutil.copy(adapter, folder / "adapter.gguf")
-    (folder / "persona.toml").write_text(
-        f'name = "{name}"\nbase = "{base}"\nbase_sha256 = "{sha256_of(base)}"\n'
-        'adapter = "adapter.gguf"\n[frame]\nuser_label = "ROMEO"\ncharacter_label = "JULIET"\n')
-    seal(folder)
-    return folder
-
-
 @pytest.mark.slow
 def test_a_persona_on_the_running_base_swaps_its_adapter_and_loads_nothing(tmp_path,
                                                                           tiny_adapters,
@@ -205,4 +168,40 @@ def test_a_persona_on_the_running_base_swaps_its_adapter_and_loads_nothing(tmp_p
         assert not other.shares_base and other.engine is not None  # another model: loaded
         other.engine.close()
     finally:
+        engine.close()
+
+
+@pytest.mark.slow
+def test_the_appliance_switches_adapters_on_one_base_without_a_reload(tmp_path, tiny_adapters):
+    """Through the loop: `persona use` swaps the adapter on the running engine, loads
+    nothing, and the next reply comes from it."""
+    base, (first, second) = tiny_adapters
+    store = PersonaStore(tmp_path / "store")
+    for name, adapter in (("one", first), ("two", second)):
+        with store.staging() as staged:
+            store.install(adapter_bundle(staged / "b", base, adapter, name.title()), name)
+    loads = []
+
+    def load_adapted(persona):
+        loads.append(persona.name)
+        return Engine(persona.model_path, n_ctx=512, n_threads=2,
+                      adapter=persona.adapter_path).start()
+
+    persona = Persona.load(store.path("one"))
+    sim = SimulatedTypewriter(width=65, cps=400, cr_seconds=0.01)
+    app = Appliance(persona, load_adapted(persona), sim.start(),
+                    switcher=Switcher(store, load_adapted, n_ctx=512)).start()
+    engine = app.engine
+    try:
+        with app.running():
+            assert wait_for(lambda: app.link.up, 10)
+            assert app.control({"command": "persona", "text": "use two"}) == {
+                "ok": True, "persona": "Two"}
+            assert app.engine is engine and loads == ["One"], "nothing was loaded"
+            assert engine.adapter_path == store.path("two") / "adapter.gguf"
+            sim.type_text("Hello\n\n")
+            assert wait_for(lambda: app.replies == 1 and app.idle, 60)
+            assert app.control({"command": "status"})["persona"] == "Two"
+    finally:
+        sim.stop()
         engine.close()

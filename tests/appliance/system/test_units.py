@@ -1,4 +1,5 @@
-"""The unit files pass the real systemd-analyze, with a low exposure score."""
+"""The unit files pass the real systemd-analyze, with a low exposure score; the udev rule
+parses as udev(7) reads it, key by key (and passes udevadm verify where udev has it)."""
 
 import re
 import shutil
@@ -9,8 +10,8 @@ import pytest
 
 UNITS = Path(__file__).resolve().parents[3] / "systemd"
 ANALYZE = shutil.which("systemd-analyze")
-pytestmark = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed "
-                                "(apt-get install systemd)")
+needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed "
+                                   "(apt-get install systemd)")
 
 
 def unit_for_analysis(tmp_path):
@@ -23,6 +24,7 @@ def unit_for_analysis(tmp_path):
     return unit
 
 
+@needs_analyze
 def test_verify_is_clean(tmp_path):
     result = subprocess.run([ANALYZE, "verify", str(unit_for_analysis(tmp_path))],
                             capture_output=True, text=True, timeout=60)
@@ -32,6 +34,7 @@ def test_verify_is_clean(tmp_path):
     assert problems == [], result.stderr
 
 
+@needs_analyze
 def test_exposure_is_low(tmp_path):
     result = subprocess.run([ANALYZE, "security", "--offline=yes",
                              str(unit_for_analysis(tmp_path))],
@@ -41,10 +44,86 @@ def test_exposure_is_low(tmp_path):
     assert float(match.group(1)) <= 2.0
 
 
-def test_udev_rule_names_the_device():
-    rules = (UNITS / "99-typewriter.rules").read_text()
-    assert rules.count('SYMLINK+="typewriter"') >= 2
-    assert 'TAG+="systemd"' in rules
+# udev(7): a rule is comma-separated KEY[{attribute}]OPERATOR"value" pairs on one line.
+UDEV_PAIR = re.compile(r'\s*([A-Z_]+)(?:\{([^}]*)\})?\s*(==|!=|\+=|-=|:=|=)\s*'
+                       r'"((?:[^"\\]|\\.)*)"\s*')
+UDEV_MATCH_KEYS = {"ACTION", "DEVPATH", "KERNEL", "KERNELS", "NAME", "SUBSYSTEM", "SUBSYSTEMS",
+                   "DRIVER", "DRIVERS", "ATTR", "ATTRS", "ENV", "TAG", "TAGS", "TEST", "PROGRAM",
+                   "RESULT", "SYMLINK", "CONST", "SYSCTL"}
+UDEV_ASSIGN_KEYS = {"NAME", "SYMLINK", "OWNER", "GROUP", "MODE", "TAG", "ENV", "ATTR", "RUN",
+                    "LABEL", "GOTO", "IMPORT", "OPTIONS", "SECLABEL", "SYSCTL"}
+ASSIGN = {"=", "+=", "-=", ":="}
+MATCH = {"==", "!="}
+TYPEWRITER = [("SYMLINK", None, "+=", "typewriter"), ("GROUP", None, "=", "dialout"),
+              ("MODE", None, "=", "0660"), ("TAG", None, "+=", "systemd")]
+
+
+def parse_udev_rules(text):
+    """Each rule as [(key, attribute, operator, value)]; AssertionError on a malformed pair,
+    a key udev does not know, or an operator the key does not take."""
+    rules = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        pairs, pos = [], 0
+        while pos < len(line):
+            match = UDEV_PAIR.match(line, pos)
+            assert match, f"line {number}: cannot parse from {line[pos:]!r}"
+            key, attribute, operator, value = match.groups()
+            assert operator in MATCH | ASSIGN
+            allowed = UDEV_MATCH_KEYS if operator in MATCH else UDEV_ASSIGN_KEYS
+            assert key in allowed, f"line {number}: {key} does not take {operator}"
+            assert (attribute is not None) == (key in ("ATTR", "ATTRS", "ENV", "TEST",
+                                                       "SYSCTL")), f"line {number}: {key}"
+            pairs.append((key, attribute, operator, value))
+            pos = match.end()
+            if pos < len(line):
+                assert line[pos] == ",", f"line {number}: expected a comma at {line[pos:]!r}"
+                pos += 1
+        assert any(op in MATCH for _, _, op, _ in pairs), f"line {number}: matches everything"
+        rules.append(pairs)
+    return rules
+
+
+def test_udev_rule_names_the_device_on_each_wiring():
+    rules = parse_udev_rules((UNITS / "99-typewriter.rules").read_text())
+    assert rules == [
+        [("KERNEL", None, "==", "ttyAMA0")] + TYPEWRITER,  # the Pi's GPIO UART (PL011)
+        [("KERNEL", None, "==", "ttyS0")] + TYPEWRITER,  # ... or its mini UART
+        # A Raspberry Pi Pico running MicroPython, on USB (CDC ACM): 2e8a:0005
+        [("SUBSYSTEM", None, "==", "tty"), ("ATTRS", "idVendor", "==", "2e8a"),
+         ("ATTRS", "idProduct", "==", "0005")] + TYPEWRITER,
+    ]
+
+
+@pytest.mark.parametrize("broken,why", [
+    ('KERNEL="ttyS0", SYMLINK+="typewriter"', "KERNEL does not take ="),
+    ('KERNEL=="ttyS0" SYMLINK+="typewriter"', "no comma"),
+    ('KERNEL=="ttyS0", SYMLINK+=typewriter', "value unquoted"),
+    ('ATTRS{idVendor}=="2e8a", MODE=="0660"', "MODE does not take =="),
+    ('SYMLINK+="typewriter", MODE="0660"', "no match: every device"),
+])
+def test_the_udev_parser_catches_mistakes(broken, why):
+    with pytest.raises(AssertionError):
+        parse_udev_rules(broken)
+
+
+UDEVADM = shutil.which("udevadm")
+
+
+def udevadm_has_verify():
+    if UDEVADM is None:
+        return False
+    usage = subprocess.run([UDEVADM, "--help"], capture_output=True, text=True).stdout
+    return " verify " in usage or "\n  verify" in usage
+
+
+@pytest.mark.skipif(not udevadm_has_verify(), reason="udevadm verify needs udev >= 253 "
+                    "(apt-get install udev; Debian 12 has 252, without verify)")
+def test_udevadm_verify_accepts_the_rule(tmp_path):
+    result = subprocess.run([UDEVADM, "verify", str(UNITS / "99-typewriter.rules")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_install_units_into_a_root(tmp_path):

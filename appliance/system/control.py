@@ -2,22 +2,25 @@
 
 One JSON request per connection, one JSON answer: {"command": "status"} ->
 {"ok": true, ...}. The socket is mode 0660; a peer must be root, the
-appliance's own user, or in the socket's group (checked with SO_PEERCRED).
+appliance's own user, or hold the socket's group (checked with SO_PEERCRED and
+SO_PEERGROUPS; a refused peer is told so).
 Commands are posted to the appliance's loop like keys, so nothing reaches
 around it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import socket
 import struct
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 from appliance.errors import UserError
 from appliance.system.paths import runtime_dir
@@ -45,12 +48,38 @@ def default_path() -> Path:
     return runtime_dir() / "control.sock"
 
 
+# Linux's SO_PEERGROUPS (4.13+): the peer's supplementary groups when it connected. Python
+# does not name it; 59 on the Pi's ARM and on x86 (asm-generic/socket.h).
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59 if sys.platform.startswith("linux") else None)
+
+
+def _peer_groups(conn: socket.socket) -> Optional[List[int]]:
+    """The groups the peer process held when it connected; None where the kernel cannot say."""
+    if SO_PEERGROUPS is None:
+        return None
+    for room in (64, 65536):  # NGROUPS_MAX is 65536
+        try:
+            raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * room)
+        except OSError as e:
+            if e.errno == errno.ERANGE:
+                continue
+            return None
+        return list(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
+    return None
+
+
 def _peer_allowed(conn: socket.socket, group: int) -> bool:
+    """Root, our own user, or a process holding the socket's group (its primary group or
+    one of the supplementary groups it connected with: what the kernel checked against
+    the socket's 0660, not what /etc/group says now, which may be newer than its login)."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, gid = struct.unpack("3i", creds)
     if uid in (0, os.getuid()) or gid == group:
         return True
-    try:
+    groups = _peer_groups(conn)
+    if groups is not None:
+        return group in groups
+    try:  # no SO_PEERGROUPS: the group's member list
         import grp
         import pwd
 
@@ -101,10 +130,14 @@ class ControlServer:
             with conn:
                 conn.settimeout(2.0)
                 try:
+                    # The request is read even from a peer that is refused: closing on
+                    # unread bytes resets the connection, and the peer would see a broken
+                    # pipe instead of the reason.
+                    data = _read_all(conn)
                     if not _peer_allowed(conn, group):
                         answer = {"ok": False, "error": "not allowed: join the socket's group"}
                     else:
-                        answer = self._answer(_read_all(conn))
+                        answer = self._answer(data)
                     conn.sendall(json.dumps(answer).encode() + b"\n")
                 except OSError as e:
                     log.warning("control connection failed: %s", e)

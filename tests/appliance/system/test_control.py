@@ -1,9 +1,15 @@
 """The control socket, against a running appliance and on its own."""
 
+import grp
 import json
+import os
+import pwd
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +91,117 @@ def test_ctl_drives_a_running_appliance(tmp_path, script_persona):
             app.terminate()
             app.wait(10)
     assert not control.exists(), "the socket is removed on a clean stop"
+
+
+# -- the group check, as real unprivileged users (issue #18 D) --------------------------
+
+CLIENT = r"""
+import json, os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(5)
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    print(json.dumps({"connect": e.strerror}))
+    sys.exit(0)
+s.sendall(b'{"command": "status"}\n')
+print(json.dumps({"uid": os.getuid(), "groups": os.getgroups(),
+                  "answer": json.loads(s.makefile().readline())}))
+"""
+
+
+def _run(*command):
+    subprocess.run(command, check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def users(tmp_path):
+    """A socket group, a member of it and an outsider: throwaway system accounts."""
+    tools = [shutil.which(t) for t in ("useradd", "groupadd", "userdel", "groupdel")]
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates throwaway users and groups")
+    if None in tools:
+        pytest.skip("needs useradd, groupadd, userdel and groupdel (apt-get install passwd)")
+    tag = f"tw{os.getpid() % 100000}"
+    names = {"group": f"{tag}ctl", "member": f"{tag}mem", "outsider": f"{tag}out"}
+    made_users, made_groups = [], []
+    try:
+        _run("groupadd", "--system", names["group"])
+        made_groups.append(names["group"])
+        _run("useradd", "--system", "--no-create-home", "--user-group", "--shell",
+             "/usr/sbin/nologin", "--groups", names["group"], names["member"])
+        made_users.append(names["member"])
+        _run("useradd", "--system", "--no-create-home", "--user-group", "--shell",
+             "/usr/sbin/nologin", names["outsider"])
+        made_users.append(names["outsider"])
+        yield {key: (pwd.getpwnam(name) if key != "group" else grp.getgrnam(name))
+               for key, name in names.items()}
+    finally:
+        for name in made_users:
+            subprocess.run(["userdel", name], capture_output=True, timeout=30)
+        for name in made_groups:
+            subprocess.run(["groupdel", name], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def served(users):
+    """A control server whose socket belongs to the throwaway group (root owns it, as
+    the service's RuntimeDirectory would), in a folder anyone may enter."""
+    folder = Path(tempfile.mkdtemp(prefix="tw-control-"))
+    try:
+        os.chown(folder, 0, users["group"].gr_gid)
+        os.chmod(folder, 0o2755)  # setgid: the socket is created in the folder's group
+        path = folder / "control.sock"
+        server = ControlServer(path, lambda r: {"ok": True, "echo": r["command"]}).start()
+        assert os.stat(path).st_gid == users["group"].gr_gid
+        try:
+            yield path
+        finally:
+            server.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def as_user(path, account, extra_groups=()):
+    """The client run as that user (its own primary group, only the extra groups given)."""
+    result = subprocess.run([PYTHON, "-c", CLIENT, str(path)], user=account.pw_uid,
+                            group=account.pw_gid, extra_groups=list(extra_groups),
+                            capture_output=True, text=True, timeout=30, cwd="/")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+PYTHON = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+
+
+def test_a_member_of_the_socket_group_is_served(served, users):
+    group = users["group"].gr_gid
+    reply = as_user(served, users["member"], extra_groups=[group])
+    assert group in reply["groups"] and reply["uid"] == users["member"].pw_uid
+    assert reply["answer"] == {"ok": True, "echo": "status"}
+
+
+def test_an_outsider_cannot_even_connect_to_the_socket_as_shipped(served, users):
+    assert os.stat(served).st_mode & 0o777 == 0o660
+    assert as_user(served, users["outsider"]) == {"connect": "Permission denied"}
+
+
+def test_an_outsider_past_the_file_mode_is_refused_by_the_group_check(served, users):
+    os.chmod(served, 0o666)  # as if the mode were lost: SO_PEERCRED still decides
+    reply = as_user(served, users["outsider"])
+    assert reply["answer"] == {"ok": False, "error": "not allowed: join the socket's group"}
+    reply = as_user(served, users["member"], extra_groups=[users["group"].gr_gid])
+    assert reply["answer"]["ok"] is True
+
+
+def test_the_groups_the_process_holds_decide_not_etc_group(served, users):
+    """A process holding the group without /etc/group listing it (systemd's
+    SupplementaryGroups=, newgrp, sg) may connect to the 0660 socket: it is served.
+    A member listed in /etc/group whose process does not hold the group (added since it
+    logged in) cannot connect: the kernel refuses, the check agrees."""
+    group = users["group"].gr_gid
+    reply = as_user(served, users["outsider"], extra_groups=[group])
+    assert reply["answer"] == {"ok": True, "echo": "status"}
+    os.chmod(served, 0o666)
+    reply = as_user(served, users["member"])
+    assert reply["answer"]["ok"] is False

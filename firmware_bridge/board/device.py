@@ -90,7 +90,6 @@ class Device:
         self.print_queue = Ring(print_capacity)
         self.busy = False  # a byte is being printed
         self.overflowed = False  # sticky since boot: the host must learn keys were lost
-        self.paper_out = False  # set by the paper sensor
         self.column = 0
         self.printed_count = 0
         self._status = None  # the last STATUS sent: (flags, column, credits, printed)
@@ -106,11 +105,12 @@ class Device:
         return self.print_queue.free()
 
     def flags(self) -> int:
+        """STATUS flags. Never FLAG_PAPER_OUT: no typewriter model has a paper sensor
+        (typewriters/*.json; most typewriters have none to tap), and a flag nothing sets
+        would only pretend one. A model that gains one adds a pin and sets it here."""
         flags = m.FLAG_OVERFLOW if self.overflowed else 0
         if self.busy or len(self.print_queue):
             flags |= m.FLAG_PRINTING
-        if self.paper_out:
-            flags |= m.FLAG_PAPER_OUT
         return flags
 
     # -- keyboard --------------------------------------------------------------------

@@ -1,6 +1,9 @@
 """The firmware's protocol logic against a host Session, back to back, on a fake clock."""
 
+from pathlib import Path
+
 from firmware_bridge.board import messages as m
+from firmware_bridge.board import model as models
 from firmware_bridge.board.device import Device, Ring
 from firmware_bridge.board.framing import Decoder
 from firmware_bridge.board.session import Session
@@ -243,6 +246,20 @@ def test_hello_repeats_until_the_host_answers():
     assert bytes(b.keys) == b"hi"
     b.run(2.0)
     assert len([e for e in b.host_events if e[0] == "hello"]) == 1, "answered: no more HELLO"
+
+
+def test_no_model_senses_paper_out_so_the_device_claims_no_paper_sensor():
+    """Issue #18 F: FLAG_PAPER_OUT stays in the protocol, but no typewriter model wires a
+    paper sensor, so a Device attribute nothing sets would only pretend one. A model that
+    gains a paper pin must wire it (Device flag, HAL read) and change this test."""
+    for path in sorted(Path(models.models_dir()).glob("*.json")):
+        pins = models.load(str(path))["pico"]
+        assert not [k for k in pins if "paper" in k], f"{path.name} has a paper pin: wire it"
+    d = Device("board", 1, Clock())
+    assert not hasattr(d, "paper_out")
+    d.type_key(ord("a"))
+    d.overflowed = True
+    assert not d.flags() & m.FLAG_PAPER_OUT
 
 
 def test_ring_wraps_around():

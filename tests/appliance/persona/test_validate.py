@@ -140,3 +140,27 @@ def test_cli_validate_exit_status(tmp_path, tiny_model):
     bad = typewriter("persona", "validate", str(make_bundle(tmp_path / "x", b"nope")))
     assert bad.returncode == 1
     assert "rejected: persona:" in bad.stdout and "not a GGUF model" in bad.stdout
+
+
+@pytest.mark.slow
+def test_an_adapter_persona_is_validated_against_its_base(tmp_path, tiny_adapters):
+    from tests.conftest import adapter_bundle
+
+    base, (adapter, _) = tiny_adapters
+    verdict = validate(adapter_bundle(tmp_path / "good", base, adapter, "Juliet"), PLENTY)
+    assert verdict.ok, verdict.table()
+    assert [c.name for c in verdict.checks] == ["checksums", "persona", "base", "header",
+                                                "architecture", "adapter", "memory",
+                                                "template", "loads", "generates"]
+    # A whole model where the adapter should be: refused by its header, before loading.
+    verdict = validate(adapter_bundle(tmp_path / "model", base, base, "Juliet"), PLENTY)
+    assert verdict.reason.startswith("adapter: adapter.gguf: general.type None")
+    assert "not a LoRA adapter" in verdict.reason
+    # The base changed since the adapter was trained on it.
+    other = tmp_path / "other.gguf"
+    shutil.copy(base, other)
+    bundle = adapter_bundle(tmp_path / "moved", other, adapter, "Juliet")
+    with open(other, "ab") as f:
+        f.write(b"\0" * 32)
+    verdict = validate(bundle, PLENTY)
+    assert verdict.reason.startswith("base: ") and "rebuild the persona" in verdict.reason

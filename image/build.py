@@ -144,11 +144,10 @@ def plan_changes(settings: Settings, target: Target, boot: BootFS,
     plan.text(installer.UNIT_PATH, installer.UNIT_TEXT, why="first-boot installer unit")
     plan.link(installer.UNIT_LINK, installer.UNIT_PATH)
 
-    config = uart.config_txt(boot.read("config.txt"), settings.board, settings.serial)
+    config = uart.config_txt(boot.read("config.txt"), settings.board)
     if config != boot.read("config.txt"):
-        plan.boot_file("config.txt", config, " ".join(uart.config_lines(settings.board,
-                                                                        settings.serial)))
-    cmdline = uart.cmdline_txt(boot.read("cmdline.txt"), settings.serial)
+        plan.boot_file("config.txt", config, " ".join(uart.config_lines(settings.board)))
+    cmdline = uart.cmdline_txt(boot.read("cmdline.txt"))
     if cmdline.split() != boot.read("cmdline.txt").split():
         plan.boot_file("cmdline.txt", cmdline, "serial console removed")
     if target.codename == "bookworm":
@@ -313,7 +312,7 @@ def build(settings: Settings, log: Callable[[str], None] = print) -> Result:
 def summary(settings: Settings, result: Result) -> str:
     lines = [f"{'Planned' if settings.dry_run else 'Built'} {result.out} from "
              f"{result.target.pretty}:",
-             f"  board {settings.board}, serial link {settings.serial}, hostname "
+             f"  board {settings.board}, serial link on the GPIO UART, hostname "
              f"{settings.hostname}, admin user {settings.user} (key only)",
              f"  persona {settings.persona.name}, "
              + (f"{len(result.wheels)} wheels for Python {result.target.python} on {ARCH}"

@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional
 
 from appliance.system.config import tomllib
 from image.tools import ImageError
-from image.uart import BOARDS, SERIALS
+from image.uart import BOARDS
 
 _HOSTNAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -25,7 +25,6 @@ class Settings:
     persona_key: Optional[str] = None
     hostname: str = "typewriter"
     user: str = "admin"
-    serial: str = "gpio"
     board: str = "pi4"
     wheelhouse: Optional[Path] = None
     no_wheels: bool = False
@@ -76,9 +75,8 @@ def load(options: Dict[str, Any], config: Optional[Path], default_persona: Path)
         raise ImageError("--wheelhouse DIR is required (make one with `typewriter image "
                          "wheelhouse --arch aarch64 --out DIR`), or --no-wheels for a "
                          "layout-only test image")
-    for name, allowed in (("serial", SERIALS), ("board", BOARDS)):
-        if name in values and values[name] not in allowed:
-            raise ImageError(f"--{name} {values[name]!r}: choose one of {', '.join(allowed)}")
+    if "board" in values and values["board"] not in BOARDS:
+        raise ImageError(f"--board {values['board']!r}: choose one of {', '.join(BOARDS)}")
     settings = Settings(
         base=Path(values["base"]).expanduser(), out=Path(values["out"]).expanduser(),
         ssh_key=public_key(str(values["ssh_key"]), "--ssh-key"),
@@ -86,7 +84,7 @@ def load(options: Dict[str, Any], config: Optional[Path], default_persona: Path)
         persona_key=(public_key(str(values["persona_key"]), "--persona-key")
                      if values.get("persona_key") else None),
         hostname=values.get("hostname", "typewriter"), user=values.get("user", "admin"),
-        serial=values.get("serial", "gpio"), board=values.get("board", "pi4"),
+        board=values.get("board", "pi4"),
         wheelhouse=Path(values["wheelhouse"]).expanduser() if values.get("wheelhouse") else None,
         no_wheels=bool(values.get("no_wheels")), dry_run=bool(values.get("dry_run")))
     if not _HOSTNAME.match(settings.hostname):

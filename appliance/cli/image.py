@@ -7,7 +7,7 @@ import platform
 import sys
 from pathlib import Path
 
-from image.uart import BOARDS, SERIALS
+from image.uart import BOARDS
 from image.wheelhouse import ARCHES
 
 
@@ -17,7 +17,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from image.settings import load
 
     options = {k: getattr(args, k) for k in ("base", "out", "ssh_key", "persona", "persona_key",
-                                             "hostname", "user", "serial", "board",
+                                             "hostname", "user", "board",
                                              "wheelhouse", "no_wheels", "dry_run")}
     settings = load(options, Path(args.config) if args.config else None, DEFAULT_PERSONA)
     result = build(settings, log_stderr)
@@ -54,8 +54,6 @@ def register(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     build.add_argument("--persona-key", help="public key allowed only to push personas")
     build.add_argument("--hostname", help="default: typewriter")
     build.add_argument("--user", help="the admin user's name (default: admin)")
-    build.add_argument("--serial", choices=SERIALS, help="how the typewriter is wired: "
-                       "the GPIO UART (default) or USB")
     build.add_argument("--board", choices=BOARDS, help="default: pi4 (also Pi 3)")
     build.add_argument("--wheelhouse", help="aarch64 wheels from `typewriter image wheelhouse`")
     build.add_argument("--no-wheels", action="store_true",

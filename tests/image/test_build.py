@@ -172,12 +172,12 @@ def test_dry_run_lists_every_change_and_writes_nothing(tmp_path, bundle, ssh_key
     base = make_base(tmp_path / "base.img", "trixie")
     before = hashlib.sha256(base.read_bytes()).hexdigest()
     done = build(tmp_path, base, "--ssh-key", str(ssh_key), "--persona", str(bundle),
-                 "--no-wheels", "--serial", "usb", "--dry-run")
+                 "--no-wheels", "--dry-run")
     assert done.returncode == 0, done.stderr
     for expected in ("/etc/systemd/system/typewriter.service", "/user-data",
                      f"{PERSONAS}/juliet/model.gguf", "grow", installer.UNIT_LINK):
         assert expected in done.stdout
-    assert "/cmdline.txt" not in done.stdout and "/config.txt" not in done.stdout  # usb
+    assert "/cmdline.txt" in done.stdout and "/config.txt" in done.stdout  # the GPIO UART
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base.img"]
     assert hashlib.sha256(base.read_bytes()).hexdigest() == before
 

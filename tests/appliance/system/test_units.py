@@ -85,14 +85,13 @@ def parse_udev_rules(text):
     return rules
 
 
-def test_udev_rule_names_the_device_on_each_wiring():
+def test_udev_rule_names_the_gpio_uart_only():
+    """The firmware speaks only on the Pico's UART0: its USB port (CDC ACM, 2e8a:0005) is
+    MicroPython's REPL and must never become /dev/typewriter."""
     rules = parse_udev_rules((UNITS / "99-typewriter.rules").read_text())
     assert rules == [
         [("KERNEL", None, "==", "ttyAMA0")] + TYPEWRITER,  # the Pi's GPIO UART (PL011)
         [("KERNEL", None, "==", "ttyS0")] + TYPEWRITER,  # ... or its mini UART
-        # A Raspberry Pi Pico running MicroPython, on USB (CDC ACM): 2e8a:0005
-        [("SUBSYSTEM", None, "==", "tty"), ("ATTRS", "idVendor", "==", "2e8a"),
-         ("ATTRS", "idProduct", "==", "0005")] + TYPEWRITER,
     ]
 
 

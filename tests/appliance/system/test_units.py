@@ -196,3 +196,39 @@ def test_the_wheel_carries_the_unit_files(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (root / "etc/systemd/system/typewriter.service").read_text() == (
         UNITS / "typewriter.service").read_text()
+
+
+def service_settings():
+    settings = {}
+    for line in (UNITS / "typewriter.service").read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_the_sandbox_leaves_the_appliance_cpuinfo_and_meminfo():
+    """ProcSubset=pid hides /proc/cpuinfo and /proc/meminfo: the mmap choice (does llama.cpp
+    repack?) and the memory check of a persona would silently guess."""
+    settings = service_settings()
+    assert settings.get("ProcSubset", ["all"]) == ["all"]
+    assert settings["ProtectProc"] == ["invisible"]  # other processes stay hidden
+
+
+def memory_max(board_bytes):
+    (value,) = service_settings()["MemoryMax"]
+    if value.endswith("%"):
+        return board_bytes * float(value[:-1]) / 100
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(value[:-1]) * units[value[-1]] if value[-1] in units else int(value)
+
+
+def test_memory_max_fits_the_models_the_comment_names():
+    MB = 1 << 20
+    # llama-3.2-1b Q4: a 728 MB file, 16 layers x 512 KV values per token at 2048 tokens in
+    # Q8_0, and the runtime validate.py counts (128 MB)
+    one_b = 728 * MB + 2 * 16 * 2048 * 512 * 34 // 32 + 128 * MB
+    assert memory_max(2048 * MB) >= one_b, "a 1B model on a 2 GB board"
+    # SmolLM2-360M Q4 (~270 MB) on a Zero 2 W, leaving the OS its ~100 MB
+    assert 270 * MB + 128 * MB <= memory_max(512 * MB) <= 512 * MB - 96 * MB
+    assert service_settings()["MemorySwapMax"] == ["0"]

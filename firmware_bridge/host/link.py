@@ -49,7 +49,8 @@ def refusal(version: int) -> str:
     said = f"the typewriter speaks protocol {version}, this appliance {m.VERSION}: "
     if version < m.VERSION:
         return said + f"update its firmware with {FLASH_COMMAND}"
-    return said + f"update the appliance (its {FLASH_COMMAND} then installs the matching firmware)"
+    return said + ("update the appliance, or put this appliance's firmware on it with "
+                   + FLASH_COMMAND)
 
 
 class LinkError(UserError):

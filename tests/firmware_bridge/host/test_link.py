@@ -186,8 +186,8 @@ def test_a_firmware_speaking_another_protocol_version_is_refused(caplog):
         assert not rig.link.up and "up" not in rig.changes and "refused" in rig.changes
         assert rig.keys == [], "no key is taken from a peer whose frames we cannot read"
         assert rig.link.refused == ("the typewriter speaks protocol 2, this appliance 1: "
-                                    "update the appliance (its typewriter firmware flash "
-                                    "then installs the matching firmware)")
+                                    "update the appliance, or put this appliance's firmware "
+                                    "on it with typewriter firmware flash")
         refusals = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert len(refusals) == 1 and rig.link.refused in refusals[0].getMessage()
         rig.link.print_text("nothing\n")

@@ -201,6 +201,9 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 PREFILL_CHUNK = 8  # tokens per evaluation while typing: small, so a submit never waits long
+# Tokens per evaluation of a prompt at submit: big enough to batch well, small enough that
+# each reports progress to the watchdog well within HUNG_AFTER, even at a Pi 4's 11 tok/s.
+PROMPT_CHUNK = 64
 
 
 class Engine:
@@ -401,21 +404,27 @@ class Engine:
         llm._requires_eval = True
 
     def _prefill(self) -> None:
-        llm = self._llm
         while True:
             with self._target_lock:
                 target = self._target
-            keep = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), target)
-            if keep < llm.n_tokens:
-                self._rewind(keep)
-            if keep >= len(target) or len(target) >= self.n_ctx:
+            evaluated = self._evaluate(target, PREFILL_CHUNK)
+            self.prefilled += evaluated
+            if not evaluated or not self._jobs.empty():  # a submit or a newer target first
                 return
-            chunk = target[keep : keep + PREFILL_CHUNK]
-            llm.eval(chunk)
-            self.prefilled += len(chunk)
-            self.progress_at = time.monotonic()
-            if not self._jobs.empty():  # a submit or a newer target: let it run first
-                return
+
+    def _evaluate(self, target: Sequence[int], chunk: int) -> int:
+        """Bring the cache one chunk closer to target (rewinding what differs); returns the
+        tokens evaluated, 0 when the cache already holds target (or it cannot fit)."""
+        llm = self._llm
+        keep = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), target)
+        if keep < llm.n_tokens:
+            self._rewind(keep)
+        if keep >= len(target) or len(target) >= self.n_ctx:
+            return 0
+        piece = target[keep : keep + chunk]
+        llm.eval(piece)
+        self.progress_at = time.monotonic()
+        return len(piece)
 
     @property
     def context_tokens(self) -> int:
@@ -463,6 +472,11 @@ class Engine:
                     f"the prompt ({len(tokens)} tokens) does not fit the context ({self.n_ctx})"
                 )
             limit = min(sampling.max_tokens, room)
+            # All but the last token in chunks, each a sign of life for the watchdog;
+            # llama.cpp's generate then evaluates the last one itself.
+            while self._evaluate(tokens[:-1], PROMPT_CHUNK):
+                if reply.cancelled.is_set():
+                    break
             stop = StopFilter(stops)
             joiner = Utf8Joiner()
             end = {t for t in (llm.token_eos(), llm._model.token_eot()) if t >= 0}

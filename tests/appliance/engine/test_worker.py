@@ -93,3 +93,36 @@ def test_a_corrupt_gguf_is_a_clear_error(tmp_path):
 def test_a_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(EngineError, match="does not exist"):
         Engine(tmp_path / "none.gguf").start()
+
+
+def test_a_long_prompt_at_submit_is_evaluated_in_chunks_that_show_progress(script_model):
+    """The watchdog restarts a worker that shows no progress for 30 s; a 1B model on a Pi 4
+    evaluates ~11 tokens a second, so an uncached prompt (a full context, a restart, no
+    prefill) must report progress as it goes, not only once the first token comes."""
+    import time
+
+    from appliance.engine import worker
+
+    engine = Engine(script_model, n_ctx=512, n_threads=2).start()
+    try:
+        calls = []
+        real_eval = engine._llm.eval
+
+        def watched(tokens):
+            calls.append((len(tokens), engine.progress_at))
+            real_eval(tokens)
+
+        engine._llm.eval = watched
+        started = time.monotonic()
+        prompt = engine.tokenize("word " * 300 + PROMPT, bos=True)
+        reply = engine.generate(prompt, stops=["\n"], sampling=GREEDY)
+        assert reply.text() == SCRIPT_REPLY
+        assert reply.evaluated == len(prompt)
+        sizes = [n for n, _ in calls]
+        assert len(sizes) >= len(prompt) // worker.PROMPT_CHUNK
+        assert max(sizes) <= worker.PROMPT_CHUNK
+        marks = [at for _, at in calls[1:len(prompt) // worker.PROMPT_CHUNK]]
+        assert all(at >= started for at in marks), "progress is reported after each chunk"
+        assert marks == sorted(marks)
+    finally:
+        engine.close()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 from appliance.cli.common import CPS, SECONDS, WIDTH, bounded, engine_for, engine_options, load
@@ -16,7 +18,9 @@ from appliance.system.control import default_path as control_path
 from appliance.system.journal import Journal
 from appliance.system.paths import state_dir
 from appliance.system.service import Notifier
-from firmware_bridge.host.link import open_port
+from firmware_bridge.host.link import LinkError, open_port
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -77,9 +81,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.ctx, args.prefill, args.kv, args.mmap = (config.context, config.prefill, config.kv,
                                                   config.mmap)
     args.personas = config.personas
-    open_port(args.port).close()  # a wrong port is reported before a model loads for minutes
-    journal = Journal(state_dir(args.state_dir))
     notifier = Notifier()
+    wait_for_port(args.port, notifier)  # before a model loads for minutes
+    journal = Journal(state_dir(args.state_dir))
     notifier.extend_timeout(300)  # loading a 1B model from an SD card takes a while
     notifier.status("loading the model")
     store = store_for(args)
@@ -116,6 +120,43 @@ def cmd_run(args: argparse.Namespace) -> int:
         engine.close()
         journal.close()
     return 0
+
+
+PORT_RETRY = 2.0  # seconds between tries to open a missing typewriter's port
+
+
+def wait_for_port(port: str, notifier: Notifier, every: float = PORT_RETRY,
+                  sleep=time.sleep) -> None:
+    """Return once the port opens; until then try every `every` seconds, saying so.
+
+    A typewriter switched off (or not plugged in) at boot is no failure: the service waits
+    for it, its STATUS says what it waits for, the watchdog stays pinged and the start
+    timeout extended, so systemd neither kills nor restarts it (no start-limit hit). Once
+    open, the link itself handles the typewriter going away again.
+    """
+    told = None
+    while True:
+        try:
+            open_port(port).close()
+            if told is not None:
+                log.info("the typewriter on %s is there", port)
+            return
+        except LinkError as e:
+            reason = str(e)
+        if reason != told:
+            print(f"waiting for the typewriter on {port} ({reason}); Ctrl-C stops",
+                  file=sys.stderr)
+            log.info("waiting for the typewriter on %s: %s", port, reason)
+            told = reason
+        notifier.status(f"waiting for the typewriter on {port}")
+        notifier.extend_timeout(every * 3 + 30)
+        # Pings at the watchdog's pace while waiting (systemd asks for half its interval).
+        step = min(every, notifier.watchdog_every or every)
+        waited = 0.0
+        while waited < every:
+            notifier.watchdog()
+            sleep(step)
+            waited += step
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

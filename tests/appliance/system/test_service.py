@@ -134,3 +134,36 @@ def test_under_systemd_with_systemd_python_logs_go_to_the_journal():
         "configure_logging(False); "
         "print(type(logging.getLogger().handlers[0]).__name__)")
     assert result.stdout.strip() == "JournalHandler", result.stderr
+
+
+def test_run_waits_for_a_typewriter_that_is_not_there_yet(notify_socket, script_persona,
+                                                          tmp_path):
+    """No typewriter at boot is no dead appliance: run waits, says so, keeps the watchdog
+    fed and the start timeout extended, then answers once the port appears."""
+    path, sock = notify_socket
+    port = tmp_path / "typewriter"  # not there yet
+    env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="1000000")
+    app = subprocess.Popen([sys.executable, "-m", "appliance.cli", "run", "--port", str(port),
+                            "--persona", str(script_persona), "--state-dir",
+                            str(tmp_path / "state"), "--control", str(tmp_path / "c.sock")],
+                           env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        waiting = drain(sock, 5.0)
+        assert app.poll() is None, "run must not exit while the typewriter is missing"
+        assert f"STATUS=waiting for the typewriter on {port}" in waiting
+        assert waiting.count("WATCHDOG=1") >= 5, waiting  # every 0.5 s while waiting
+        assert any(m.startswith("EXTEND_TIMEOUT_USEC=") for m in waiting)
+        assert not any(m.startswith("READY=1") for m in waiting)
+        with SimulatedTypewriter(cps=2000, cr_seconds=0) as sim:
+            port.symlink_to(sim.start())  # the typewriter is switched on
+            ready = []
+            assert wait_for(lambda: ready.extend(drain(sock, 0.5)) or
+                            any(m.startswith("READY=1") for m in ready), 60), ready
+            sim.type_text("Hello\n\n")
+            assert wait_for(lambda: "home." in sim.paper.text(), 30), sim.paper.text()
+            app.send_signal(signal.SIGTERM)
+            assert app.wait(20) == 0
+    finally:
+        if app.poll() is None:
+            app.kill()
+    assert f"waiting for the typewriter on {port}" in app.stderr.read()

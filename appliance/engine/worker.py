@@ -204,6 +204,10 @@ PREFILL_CHUNK = 8  # tokens per evaluation while typing: small, so a submit neve
 # Tokens per evaluation of a prompt at submit: big enough to batch well, small enough that
 # each reports progress to the watchdog well within HUNG_AFTER, even at a Pi 4's 11 tok/s.
 PROMPT_CHUNK = 64
+# A block of at least this many cached tokens that the prompt keeps after a dropped block
+# (the conversation let its oldest exchanges go) is shifted down in llama.cpp's KV memory
+# rather than evaluated again.
+SHIFT_MIN = 32
 
 
 class Engine:
@@ -242,6 +246,7 @@ class Engine:
         self.bos = ""
         self.eos = ""
         self.prefilled = 0  # tokens evaluated ahead of a submit
+        self.shifted = 0  # cached tokens moved down instead of evaluated again
         self._jobs: queue.Queue[Optional[Callable[[], None]]] = queue.Queue()
         self._target: List[int] = []
         self._target_lock = threading.Lock()
@@ -412,13 +417,48 @@ class Engine:
             if not evaluated or not self._jobs.empty():  # a submit or a newer target first
                 return
 
+    def _reuse(self, target: Sequence[int]) -> int:
+        """Keep what of the cache target can use, forget the rest; returns the tokens kept.
+
+        That is the common prefix, and, when the cache goes on with a block the target
+        lacks and then what the target has (the conversation dropped its oldest
+        exchanges after the frame), the rest too: the block is removed from llama.cpp's
+        KV memory and what followed it shifted down, as llama.cpp's own context shift
+        does. The kept turns' cache then still reflects the dropped exchange they once
+        followed; the reply is not token-for-token what a fresh evaluation would give.
+        """
+        import numpy as np
+
+        llm = self._llm
+        cached = llm.input_ids[: llm.n_tokens]
+        keep = common_prefix(cached.tolist(), target)
+        rest = len(cached) - keep
+        if rest >= SHIFT_MIN and len(target) - keep >= SHIFT_MIN:
+            want = np.asarray(target[keep : keep + rest], dtype=cached.dtype)
+            start, run = 0, 0
+            for j in np.flatnonzero(cached[keep + 1 :] == want[0]) + keep + 1:
+                n = min(len(cached) - j, len(want))
+                same = cached[j : j + n] == want[:n]
+                length = n if same.all() else int(np.argmin(same))
+                if length > run:
+                    start, run = int(j), length
+            if run >= SHIFT_MIN:
+                drop = start - keep
+                llm._ctx.kv_cache_seq_rm(0, keep, start)
+                llm._ctx.kv_cache_seq_shift(0, start, -1, -drop)
+                llm.input_ids[keep : len(cached) - drop] = cached[start:].copy()
+                llm.n_tokens -= drop
+                self.shifted += drop
+                keep += run
+        if keep < llm.n_tokens:
+            self._rewind(keep)
+        return keep
+
     def _evaluate(self, target: Sequence[int], chunk: int) -> int:
         """Bring the cache one chunk closer to target (rewinding what differs); returns the
         tokens evaluated, 0 when the cache already holds target (or it cannot fit)."""
         llm = self._llm
-        keep = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), target)
-        if keep < llm.n_tokens:
-            self._rewind(keep)
+        keep = self._reuse(target)
         if keep >= len(target) or len(target) >= self.n_ctx:
             return 0
         piece = target[keep : keep + chunk]
@@ -464,8 +504,7 @@ class Engine:
         llm = self._llm
         try:
             reply.prompt_tokens = len(tokens)
-            reply.evaluated = len(tokens) - common_prefix(
-                llm.input_ids[: llm.n_tokens].tolist(), tokens)
+            reply.evaluated = len(tokens) - self._reuse(tokens)
             room = self.n_ctx - len(tokens)
             if room <= 0:
                 raise EngineError(

@@ -73,16 +73,22 @@ def test_a_reply_cut_short_still_ends_its_line(engine):
 def test_fifty_turns_in_a_small_context_keep_the_frame(engine):
     n_ctx = 256
     conv = Conversation(FRAME, engine.tokenize, n_ctx, 24)
+    shifted, costs = engine.shifted, []
     for i in range(50):
         message = f"Turn {i}: tell me of the moon and the stars over the orchard wall."
+        before = engine.prefilled
         type_into(engine, conv, message[:20])
         tokens = conv.prompt_tokens(message)
         assert tokens[: len(conv.head)] == conv.head, "the persona frame is always there"
         assert len(tokens) + 24 <= n_ctx
         reply = engine.generate(tokens, ["\n"], Sampling(max_tokens=24, temperature=1.0))
         conv.add(message, reply.text().strip(), reply)
+        costs.append((engine.prefilled - before + reply.evaluated, len(tokens) - len(conv.head)))
     assert 0 < len(conv.exchanges) < 50
     assert conv.exchanges[-1].message.startswith("Turn 49")
+    # Once full, each turn drops the oldest exchange: the rest is shifted, not evaluated again.
+    assert engine.shifted > shifted
+    assert all(evaluated < after_frame / 2 for evaluated, after_frame in costs[-10:]), costs
 
 
 def test_a_message_longer_than_the_context_is_cut_not_refused(engine):

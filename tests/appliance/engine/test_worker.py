@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from appliance.engine.worker import Engine, EngineError, Sampling
-from tests.conftest import SCRIPT_REPLY
+from tests.conftest import SCRIPT_REPLY, wait_for
 
 PROMPT = "A conversation.\n\nROMEO: Who goes there?\nJULIET:"
 GREEDY = Sampling(max_tokens=80, temperature=0.0)
@@ -124,5 +124,33 @@ def test_a_long_prompt_at_submit_is_evaluated_in_chunks_that_show_progress(scrip
         marks = [at for _, at in calls[1:len(prompt) // worker.PROMPT_CHUNK]]
         assert all(at >= started for at in marks), "progress is reported after each chunk"
         assert marks == sorted(marks)
+    finally:
+        engine.close()
+
+
+def test_a_dropped_exchange_is_shifted_out_of_the_cache_not_evaluated_again(script_model):
+    """When the context fills, the conversation drops its oldest exchange after the frame;
+    the turns after it stay in llama.cpp's KV memory, shifted down, and only the new turn
+    is evaluated (before: everything after the frame, 849 tokens, 6-7 s here)."""
+    from appliance.engine import worker
+
+    engine = Engine(script_model, n_ctx=512, n_threads=2).start()
+    try:
+        words = engine.tokenize
+        head = words("A conversation.\n\n", bos=True)
+        old = words("ROMEO: " + "an old exchange that will be dropped " * 8)
+        kept = words("ROMEO: " + "a later exchange that stays in the context " * 8)
+        new = words("\nROMEO: Who goes there?\nJULIET:")
+        assert len(old) >= worker.SHIFT_MIN and len(kept) >= worker.SHIFT_MIN
+        engine.prefill(head + old + kept)
+        assert wait_for(lambda: engine.context_tokens == len(head + old + kept), 30)
+        before = engine.prefilled
+        reply = engine.generate(head + kept + new, stops=["\n"], sampling=GREEDY)
+        assert reply.text() == SCRIPT_REPLY
+        assert engine.shifted == len(old)
+        assert reply.evaluated == len(new), "only the new turn is evaluated"
+        assert engine.prefilled == before
+        cached = engine._llm.input_ids[: len(head + kept + new)].tolist()
+        assert cached == head + kept + new
     finally:
         engine.close()

@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 LLAMA_CPU := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON)
 export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF $(LLAMA_CPU)
 
-.PHONY: demo test lint bench clean system-demo system-test
+.PHONY: demo test lint bench fuzz clean system-demo system-test
 .NOTPARALLEL:  # one apt-get, then one pip, at a time
 
 # The system packages each needs (tools/system-packages), installed only when missing.
@@ -44,6 +44,10 @@ lint: $(VENV)/.test
 bench: $(VENV)/.demo
 	$(BIN)/typewriter bench --json bench-results/bench.json
 	$(BIN)/typewriter model bench --shape tiny --shape smollm2-135m --shape tinyllama-1.1b --json bench-results/models.json
+
+# The protocol fuzz: 10^6 frames at both ends of the link (tools/fuzz_session.py; SEED=n FRAMES=n)
+fuzz:
+	$(PYTHON) tools/fuzz_session.py --frames $(or $(FRAMES),1000000) --seed $(or $(SEED),1)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

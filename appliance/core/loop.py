@@ -227,8 +227,10 @@ class Appliance:
         command = request["command"]
         speaks = any(output.speaks for output in self.outputs)
         if command == "status":
-            status = {"ok": True, "persona": self.persona.name, "link": "up" if self.link.up
-                      else "down", "typewriter": self.link.peer_name, "port": self.link.port,
+            link = "refused" if self.link.refused else "up" if self.link.up else "down"
+            status = {"ok": True, "persona": self.persona.name, "link": link,
+                      "link_refused": self.link.refused, "typewriter": self.link.peer_name,
+                      "port": self.link.port,
                       "busy": self.reply is not None,
                       "exchanges": len(self.conversation.exchanges), "replies": self.replies,
                       "context_tokens": self.engine.context_tokens, "n_ctx": self.engine.n_ctx,
@@ -265,7 +267,11 @@ class Appliance:
 
     def describe(self) -> str:
         """One line for `systemctl status`."""
-        link = f"typewriter {'connected' if self.link.up else 'not answering'} on {self.link.port}"
+        if self.link.refused:
+            link = f"typewriter refused on {self.link.port}: {self.link.refused}"
+        else:
+            link = (f"typewriter {'connected' if self.link.up else 'not answering'} on "
+                    f"{self.link.port}")
         last = self.conversation.last_reply
         tail = f"; last reply: {last[:60]}" if last else ""
         return f"{self.persona.name}: {link}{tail}"

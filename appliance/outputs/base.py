@@ -53,7 +53,8 @@ class Output:
         """Each turn of the loop: whether the model works, and whether the appliance is busy."""
 
     def link(self, state: str) -> None:
-        """The typewriter's link changed: up, down, restarted, overflow."""
+        """The typewriter's link changed: up, down, restarted, overflow, refused (another
+        protocol version)."""
 
     def status(self) -> Dict:
         """Figures for `ctl status`."""

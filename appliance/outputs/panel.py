@@ -89,7 +89,7 @@ class Panel(NoPanel):
             self.ready.value = not busy
 
     def link(self, state: str) -> None:
-        if state == "down" and self.buzzer is not None:
+        if state in ("down", "refused") and self.buzzer is not None:
             self.buzzer.beep(on_time=0.15, off_time=0.15, n=3)
 
     def close(self) -> None:

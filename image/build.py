@@ -23,8 +23,9 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 from appliance.persona.bundle import BundleError, verify
 from appliance.persona.store import STATE, StoreError, check_name
 from appliance.system.config import EXAMPLE as CONFIG_EXAMPLE
+from appliance.system.paths import cache_dir
 from appliance.system.units import ENABLE_LINK, PLACES, SOURCE
-from image import installer, uart
+from image import debs, installer, uart
 from image.bootfs import BootFS, require
 from image.disk import copy_range, grow_root, pi_layout
 from image.firstboot import boot_files
@@ -101,6 +102,7 @@ class Result:
     plan: Plan
     wheels: List[Wheel]
     grown: int = 0
+    packages: List[debs.Deb] = field(default_factory=list)
     sha256: str = ""
     bmap: Optional[Path] = None
 
@@ -119,7 +121,7 @@ def persona_bundle(folder: Path) -> Tuple[str, List[Path]]:
 
 
 def plan_changes(settings: Settings, target: Target, boot: BootFS,
-                 wheels: List[Wheel]) -> Plan:
+                 wheels: List[Wheel], packages: Optional[List[debs.Deb]] = None) -> Plan:
     plan = Plan()
     for name, place in PLACES.items():
         plan.file(f"/{place}", SOURCE / name)
@@ -140,6 +142,13 @@ def plan_changes(settings: Settings, target: Target, boot: BootFS,
     plan.dir(installer.WHEELS)
     for wheel in wheels:
         plan.file(f"{installer.WHEELS}/{wheel.path.name}", wheel.path)
+    if packages:
+        plan.dir(installer.DEBS)
+        for deb in packages:
+            plan.file(f"{installer.DEBS}/{deb.file}", deb.path)
+        plan.text(f"{installer.DEBS}/SHA256SUMS", debs.sums(packages),
+                  why=f"{len(packages)} Debian packages for {' and '.join(debs.PACKAGES)}, "
+                  "SHA-256 from the archive's index")
     plan.text(installer.SCRIPT_PATH, installer.SCRIPT_TEXT, 0o755, why="first-boot installer")
     plan.text(installer.UNIT_PATH, installer.UNIT_TEXT, why="first-boot installer unit")
     plan.link(installer.UNIT_LINK, installer.UNIT_PATH)
@@ -264,8 +273,12 @@ def build(settings: Settings, log: Callable[[str], None] = print) -> Result:
         log(f"base: {target.pretty}")
         wheels = [] if settings.no_wheels else resolve(wheels_folder, target.python, ARCH)
         check_space(settings, wheels)
-        plan = plan_changes(settings, target, boot, wheels)
-        result = Result(out, target, plan, wheels)
+        packages = []
+        if wheels and settings.system_packages:
+            packages = debs.fetch(root.read("/var/lib/dpkg/status") or "", target.codename,
+                                  cache_dir() / "image", log)
+        plan = plan_changes(settings, target, boot, wheels, packages)
+        result = Result(out, target, plan, wheels, packages=packages)
         size, free = root.space()
         wanted = plan.payload + UNPACKED * sum(w.path.stat().st_size for w in wheels) + MARGIN
         if free < wanted:
@@ -318,7 +331,14 @@ def summary(settings: Settings, result: Result) -> str:
              + (f"{len(result.wheels)} wheels for Python {result.target.python} on {ARCH}"
                 if result.wheels else "LAYOUT ONLY (--no-wheels): the appliance is not "
                 "installed on first boot; for tests, not for a typewriter"),
+             (f"  {len(result.packages)} Debian packages for {' and '.join(debs.PACKAGES)} "
+              "(installed on first boot with dpkg)" if result.packages else
+              f"  {' and '.join(debs.PACKAGES)}: the base has them"
+              if result.wheels and settings.system_packages else
+              f"  NO {' or '.join(debs.PACKAGES)} (--no-system-packages): no speech"
+              if result.wheels else ""),
              f"  {len(result.plan.lines)} changes:"]
+    lines = [line for line in lines if line]
     lines += [f"    {line}" for line in result.plan.lines]
     if not settings.dry_run:
         lines.append(f"  SHA-256 {result.sha256}")

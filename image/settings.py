@@ -28,6 +28,7 @@ class Settings:
     board: str = "pi4"
     wheelhouse: Optional[Path] = None
     no_wheels: bool = False
+    system_packages: bool = True  # espeak-ng and alsa-utils, fetched for the image
     dry_run: bool = False
 
 
@@ -86,7 +87,9 @@ def load(options: Dict[str, Any], config: Optional[Path], default_persona: Path)
         hostname=values.get("hostname", "typewriter"), user=values.get("user", "admin"),
         board=values.get("board", "pi4"),
         wheelhouse=Path(values["wheelhouse"]).expanduser() if values.get("wheelhouse") else None,
-        no_wheels=bool(values.get("no_wheels")), dry_run=bool(values.get("dry_run")))
+        no_wheels=bool(values.get("no_wheels")), dry_run=bool(values.get("dry_run")),
+        system_packages=not values.get("no_system_packages")
+        and values.get("system_packages", True) is not False)
     if not _HOSTNAME.match(settings.hostname):
         raise ImageError(f"--hostname {settings.hostname!r}: use lower-case letters, digits "
                          "and '-' (up to 63)")

@@ -29,6 +29,11 @@ from image.tools import ImageError
 APP = "typewriter-appliance"
 ENGINE = "llama-cpp-python"
 PIP = "pip"  # the installer runs pip from its wheel: the image needs no pip of its own
+# The appliance's extra for the Pi (gpiozero; lgpio, its GPIO library, on aarch64), less
+# systemd-python: sdist only (it would need libsystemd-dev and a compiler on the Pi), and
+# the appliance speaks the notify protocol and the journal's priorities without it.
+EXTRA = "pi"
+LEFT_OUT = {"systemd-python"}
 ARCHES = ("aarch64", "x86_64")
 # glibc of the newest supported release (Trixie: 2.41): manylinux wheels up to it run
 GLIBC_MINOR = 41
@@ -99,13 +104,16 @@ def resolve(folder: Path, python: str, arch: str) -> List[Wheel]:
                          f"{python} on {arch}: {fix}")
     env = _environment(python, arch)
     chosen: Dict[str, Wheel] = {}
-    todo = [(Requirement(APP), "the image"), (Requirement(PIP), "the first-boot installer")]
+    # (requirement, who needs it, the extras asked of who needs it)
+    todo = [(Requirement(f"{APP}[{EXTRA}]"), "the image", {""}),
+            (Requirement(PIP), "the first-boot installer", {""})]
     while todo:
-        requirement, needed_by = todo.pop()
-        if requirement.marker and not requirement.marker.evaluate(env):
+        requirement, needed_by, extras = todo.pop()
+        if requirement.marker and not any(requirement.marker.evaluate({**env, "extra": extra})
+                                          for extra in extras):
             continue
         name = canonicalize_name(requirement.name)
-        if name in chosen:
+        if name in chosen or name in LEFT_OUT:
             continue
         candidates = found.get(name, [])
         fitting = [c for c in candidates if c[2] & wanted
@@ -123,7 +131,8 @@ def resolve(folder: Path, python: str, arch: str) -> List[Wheel]:
         path, version, _ = max(fitting, key=lambda c: _version_key(c[1]))
         wheel = Wheel(path, name, version)
         chosen[name] = wheel
-        todo += [(Requirement(r), f"{name} {version}") for r in wheel.requires()]
+        todo += [(Requirement(line), f"{name} {version}", {"", *requirement.extras})
+                 for line in wheel.requires()]
     return sorted(chosen.values(), key=lambda w: w.name)
 
 
@@ -168,6 +177,21 @@ def requirement_of(dist: str, name: str) -> str:
         if canonicalize_name(req.name) == canonicalize_name(name) and not req.marker:
             return str(req)
     raise ImageError(f"{dist} does not require {name}: reinstall the project (pip install -e .)")
+
+
+def pi_requirements(arch: str) -> List[str]:
+    """The `pi` extra's requirements for `arch`, less what the image leaves out."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    wanted = []
+    for line in metadata.requires(APP) or []:
+        req = Requirement(line)
+        env = {**_environment("3.11", arch), "extra": EXTRA}
+        if (req.marker and req.marker.evaluate(env) and not req.marker.evaluate(
+                {**env, "extra": ""}) and canonicalize_name(req.name) not in LEFT_OUT):
+            wanted.append(f"{req.name}{req.specifier}")
+    return wanted
 
 
 def app_wheel(out: Path) -> Path:
@@ -235,5 +259,5 @@ def build(out: Path, arch: str, python: str, engine_wheel: Optional[Path] = None
     _pip("download", "--only-binary=:all:", *targets, f"--python-version={python}",
          "--implementation=cp", f"--abi=cp{version}", "--abi=abi3", "--abi=none",
          "--find-links", str(out), "-d", str(out), f"{APP}=={metadata.version(APP)}", PIP,
-         what="fetching wheels")
+         *pi_requirements(arch), what="fetching wheels")
     return resolve(out, python, arch)

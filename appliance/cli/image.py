@@ -18,7 +18,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     options = {k: getattr(args, k) for k in ("base", "out", "ssh_key", "persona", "persona_key",
                                              "hostname", "user", "board",
-                                             "wheelhouse", "no_wheels", "dry_run")}
+                                             "wheelhouse", "no_wheels", "no_system_packages",
+                                             "dry_run")}
     settings = load(options, Path(args.config) if args.config else None, DEFAULT_PERSONA)
     result = build(settings, log_stderr)
     print(summary(settings, result))
@@ -58,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     build.add_argument("--wheelhouse", help="aarch64 wheels from `typewriter image wheelhouse`")
     build.add_argument("--no-wheels", action="store_true",
                        help="layout only, nothing installs on first boot (for tests)")
+    build.add_argument("--no-system-packages", action="store_true", help="leave out espeak-ng "
+                       "and alsa-utils (fetched from the Debian archive at build time, "
+                       "installed offline on first boot)")
     build.add_argument("--dry-run", action="store_true", help="list every change, write nothing")
     build.set_defaults(func=cmd_build)
 

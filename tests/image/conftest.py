@@ -56,10 +56,10 @@ OS_RELEASE = {
 }
 
 
-def run(*args: str, input: Optional[str] = None) -> str:
+def run(*args: str, input: Optional[str] = None, cwd: Optional[Path] = None) -> str:
     env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
     return subprocess.run(args, input=input, capture_output=True, text=True, check=True,
-                          env=env).stdout
+                          env=env, cwd=cwd).stdout
 
 
 def make_base(path: Path, codename: str = "trixie", rpi: bool = True, arch: str = "aarch64",
@@ -186,7 +186,7 @@ def host_wheelhouse(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheels-host")
     app_wheel(out)  # the same wheel `typewriter image wheelhouse` builds
     for name in installed_closure("llama-cpp-python") + installed_closure("pyserial") + \
-            installed_closure("gguf") + ["pip"]:
+            installed_closure("gguf") + installed_closure("gpiozero") + ["pip"]:
         if not list(out.glob(f"{name.replace('-', '_')}-*.whl")):
             repack(name, out)
     return out

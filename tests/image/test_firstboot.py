@@ -134,6 +134,15 @@ def test_arm64_tree_installs_the_cross_built_wheels_offline_and_loads_a_model(
                "--persona-key", str(ssh_key))
     wheels = sorted(p.name for p in (tree / installer.WHEELS.lstrip("/")).iterdir())
     assert "llama_cpp_python-0.3.36-py3-none-linux_aarch64.whl" in wheels
+    # The README's promises: the panel's GPIO (gpiozero, lgpio for aarch64) ...
+    assert any(w.startswith("gpiozero-") for w in wheels), wheels
+    assert any(w.startswith("lgpio-") and w.endswith("_aarch64.whl") for w in wheels), wheels
+    # ... and speech: espeak-ng and alsa-utils as arm64 .debs, with the index's SHA-256
+    debs = tree / installer.DEBS.lstrip("/")
+    names = sorted(p.name for p in debs.glob("*.deb"))
+    assert any(n.startswith("espeak-ng_") and n.endswith("_arm64.deb") for n in names), names
+    assert any(n.startswith("alsa-utils_") for n in names), names
+    run("sha256sum", "--quiet", "-c", "SHA256SUMS", cwd=debs)
     # What systemd-sysusers does early on first boot, from the image's sysusers.d entry.
     if shutil.which("systemd-sysusers"):
         run("systemd-sysusers", f"--root={tree}")
@@ -152,6 +161,10 @@ def test_arm64_tree_installs_the_cross_built_wheels_offline_and_loads_a_model(
         assert " ".join(ssh_key.read_text().split()[:2]) in line
         mode = (tree / "var/lib/typewriter/.ssh/authorized_keys").stat().st_mode & 0o777
         assert mode == 0o600
+    pi = subprocess.run([*emulated(tree), f"{installer.VENV}/bin/python", "-c",
+                         "import gpiozero, lgpio; print(gpiozero.__version__)"],
+                        capture_output=True, text=True, env=ARM_ENV, timeout=300)
+    assert pi.returncode == 0 and pi.stdout.startswith("2."), pi.stderr[-2000:]
     loaded = subprocess.run([*emulated(tree), f"{installer.VENV}/bin/python", "-c", (
         "import platform; from llama_cpp import Llama; "
         "m = Llama(model_path='/var/lib/typewriter/personas/juliet/model.gguf', n_ctx=64, "

@@ -52,3 +52,73 @@ def test_wheels_for_another_python_are_the_wrong_machine(tmp_path):
 def test_the_cross_build_compiles_only_what_the_appliance_loads():
     args = cross_environment("aarch64")["CMAKE_ARGS"].split()
     assert "-DLLAVA_BUILD=OFF" in args and "-DGGML_NATIVE=OFF" in args
+
+
+def test_the_wheelhouse_carries_the_pis_extra():
+    """The README promises the panel: gpiozero (and lgpio, its GPIO library, on aarch64);
+    systemd-python is left out (sdist only; the appliance speaks the protocol itself)."""
+    from image.wheelhouse import pi_requirements
+
+    names = [r.split(">")[0].split("=")[0] for r in pi_requirements("aarch64")]
+    assert sorted(names) == ["gpiozero", "lgpio"]
+    assert [r.split(">")[0] for r in pi_requirements("x86_64")] == ["gpiozero"]
+
+
+def test_a_wheelhouse_without_gpiozero_is_refused(tmp_path, host_wheelhouse):
+    import shutil
+
+    for wheel in host_wheelhouse.iterdir():
+        if not wheel.name.startswith(("gpiozero-", "colorzero-")):
+            shutil.copy(wheel, tmp_path)
+    with pytest.raises(ImageError, match="no wheel for gpiozero"):
+        resolve(tmp_path, ".".join(platform.python_version_tuple()[:2]), platform.machine())
+    chosen = {w.name for w in resolve(host_wheelhouse, ".".join(
+        platform.python_version_tuple()[:2]), platform.machine())}
+    assert {"gpiozero", "colorzero", "typewriter-appliance", "llama-cpp-python"} <= chosen
+    assert "systemd-python" not in chosen
+
+
+INDEX = """\
+Package: espeak-ng
+Version: 1.51+dfsg-10+b1
+Architecture: arm64
+Filename: pool/main/e/espeak-ng/espeak-ng_1.51+dfsg-10+b1_arm64.deb
+Size: 5
+SHA256: {sha}
+Description: a voice
+ continued line: with a colon
+
+Package: libfoo
+Version: 1:2.0-1
+Filename: pool/main/libf/libfoo/libfoo_2.0-1_arm64.deb
+Size: 3
+SHA256: 00
+"""
+
+
+def test_a_deb_is_checked_against_the_archives_index(tmp_path):
+    import hashlib
+
+    from image import debs
+
+    index = debs.parse_index(INDEX.format(sha=hashlib.sha256(b"hello").hexdigest()))
+    espeak = index[("espeak-ng", "1.51+dfsg-10+b1")]
+    assert espeak.file == "espeak-ng_1.51+dfsg-10+b1_arm64.deb" and espeak.size == 5
+    assert index[("libfoo", "1:2.0-1")].file == "libfoo_2.0-1_arm64.deb"
+    good = tmp_path / espeak.file
+    good.write_bytes(b"hello")
+    assert debs.check(espeak, good).path == good
+    assert debs.sums([debs.check(espeak, good)]) == f"{espeak.sha256}  {espeak.file}\n"
+    good.write_bytes(b"hellp")  # same size, other bytes: a tampered mirror
+    with pytest.raises(ImageError, match="SHA-256 is not the one in the archive"):
+        debs.check(espeak, good)
+    assert not good.exists(), "a bad download is not kept in the cache"
+
+
+def test_the_installer_checks_and_installs_the_debs_before_the_wheels():
+    from image import installer
+
+    script = installer.SCRIPT_TEXT
+    assert "sha256sum --quiet -c SHA256SUMS" in script
+    assert script.index("dpkg --force-confold") < script.index("-m venv")
+    assert '"$WHEELS"/*.whl' in script  # every wheel the builder chose: gpiozero, lgpio too

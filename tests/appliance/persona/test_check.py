@@ -1,7 +1,6 @@
 """`typewriter persona check`: verdicts on real models, and the shipped default persona."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -61,20 +60,24 @@ def test_a_reply_that_never_ends_fails_the_length_cap(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    if Persona.load(DEFAULT_PERSONA).model_missing:
-        pytest.fail("the shipped persona has no model.gguf: build it (see its card.md)")
+def shipped(smollm2_base):
+    """The shipped persona, with its base fetched (it ships as an adapter on SmolLM2)."""
+    Persona.load(DEFAULT_PERSONA).check_base()
     return DEFAULT_PERSONA
 
 
-def test_the_shipped_persona_is_a_sealed_small_bundle(shipped):
-    verify(shipped)
-    assert (shipped / "model.gguf").stat().st_size <= 30_000_000
-    card = (shipped / "card.md").read_text()
-    assert "typewriter persona build --dialogue appliance/data/english.txt" in card
+def test_the_shipped_persona_is_a_sealed_small_adapter_bundle():
+    verify(DEFAULT_PERSONA)
+    persona = Persona.load(DEFAULT_PERSONA)
+    assert persona.base == "smollm2-135m" and not (DEFAULT_PERSONA / "model.gguf").exists()
+    assert (DEFAULT_PERSONA / "adapter.gguf").stat().st_size <= 10_000_000
+    card = (DEFAULT_PERSONA / "card.md").read_text()
+    assert "--character JULIET --base smollm2-135m" in card
     assert "Licence: public domain" in card
+    assert "NLL per reply token: base alone" in card
 
 
+@pytest.mark.slow
 def test_the_shipped_persona_passes_its_gating_probes(shipped, tmp_path):
     report = tmp_path / "check.json"
     done = typewriter("persona", "check", str(shipped), "--json", str(report))
@@ -83,4 +86,5 @@ def test_the_shipped_persona_passes_its_gating_probes(shipped, tmp_path):
     assert result["gating_passed"] is True
     assert "gating probes: all passed" in done.stdout
     names = [r["reply"] for r in result["probes"] if r["probe"] == "own name"]
-    assert all(Path(shipped).name and "Juliet" in reply for reply in names)
+    assert all("Juliet" in reply for reply in names)
+    assert result["nll"]["persona"] < result["nll"]["base"]  # read from card.md

@@ -153,7 +153,8 @@ def test_the_shipped_persona_loads():
     from appliance.persona.spec import DEFAULT_PERSONA
 
     p = Persona.load(DEFAULT_PERSONA)
-    assert p.synthetic is None and not p.model_missing and p.frame.kind == "dialogue"
+    assert p.synthetic is None and p.frame.kind == "dialogue"
+    assert p.base == "smollm2-135m" and p.adapter_path.is_file()
 
 
 def test_dialogue_frame_is_one_line_per_turn_ending_with_the_label(tmp_path):

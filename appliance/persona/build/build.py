@@ -232,7 +232,7 @@ def _assemble(req: Request, recipe, script: Script, character: str, work: Path, 
     if req.identity:
         pairs = ex.identity(name)
         identity = ex.frame_examples(pairs, frame, tokenize, 0, recipe.window)
-        examples += identity * max(1, len(examples) // (6 * len(identity)))
+        examples += identity * max(1, len(examples) // (3 * len(identity)))
     if not examples:
         raise BuildError(f"{script.path}: no speech of {character} answers another speaker: "
                          "a persona learns from replies")
@@ -421,7 +421,7 @@ def _card(req: Request, s: dict, check: Optional[dict]) -> str:
         f"- Examples: {s['examples']}, of which identity exchanges: "
         f"{s['identity_examples']} distinct" + (
             " (questions such as \"What is your name?\" answered with the character's name, "
-            "repeated to about a sixth of the examples: a tiny model has to have seen its "
+            "repeated to about a quarter of the examples: a tiny model has to have seen its "
             "name asked for)." if s["identity_examples"] else "."),
         *([f"- Held out: every {r['held_out']}th of {s['character']}'s answers "
            f"({s['held_out']} replies, never trained on, nor replayed). NLL per reply token: "

@@ -24,7 +24,10 @@ Tokenize = Callable[[str, bool], List[int]]
 # Identity exchanges (see card.md): a tiny model has to have seen its own name asked for.
 IDENTITY_QUESTIONS = ("What is your name?", "Who are you?", "What are you called?",
                       "Tell me your name.", "Who art thou?", "What is thy name?",
-                      "May I know your name?", "Who am I speaking with?")
+                      "May I know your name?", "Who am I speaking with?",
+                      "How art thou called, lady?", "What do men call thee?",
+                      "Your name, good lady?", "And who might you be?",
+                      "Say, what name dost thou go by?", "Whom do I address, pray?")
 IDENTITY_ANSWERS = ("My name is {name}.", "I am {name}.", "They call me {name}, good friend.",
                     "{name}, sir; what would you with me?", "You speak with {name}.",
                     "{name} is my name, and I am glad of it.", "Men call me {name}.",

@@ -262,7 +262,8 @@ class Stage:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             step, loss = state["step"], state["loss"]
-        task = progress.add_task(self.name, total=self.steps, completed=step, loss=loss)
+        task = progress.add_task(self.name, total=self.steps, completed=step, loss=loss,
+                                 first=step)
         # Only the model is prepared: the scheduler steps once a step on every process.
         model = acc.prepare(self.model)
         model.train()
@@ -315,9 +316,10 @@ def _log_line(progress, task) -> None:
     if progress.disable or progress.console.is_terminal:
         return
     t = next(x for x in progress.tasks if x.id == task)
-    eta = f"{t.time_remaining / 60:.1f} min" if t.time_remaining is not None else "?"
+    done = t.completed - t.fields["first"]
+    eta = (t.elapsed or 0) / done * (t.total - t.completed) / 60 if done else float("nan")
     progress.console.print(f"{t.description} step {int(t.completed)}/{int(t.total)} loss "
-                           f"{t.fields['loss']:.3f}, {t.elapsed or 0:.0f} s so far, ETA {eta}")
+                           f"{t.fields['loss']:.3f}, {t.elapsed or 0:.0f} s so far, ETA {eta:.1f} min")
 
 
 def progress_bar(disable: bool = False):

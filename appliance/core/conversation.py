@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Tuple
 
 from appliance.engine.worker import Reply
+from appliance.persona.spec import tokens_of
 
 HOLD_BACK = 2  # the last tokens typed may still merge with the next keystroke
-Tokenize = Callable[[str, bool], List[int]]
+Tokenize = Callable[..., List[int]]  # (text, bos, special=False)
 
 
 @dataclass
@@ -61,13 +62,13 @@ class Conversation:
             turn = self.tokenize(self.frame.typing(partial), False)
             tokens = self._fit(turn)
         else:
-            tokens = self._fit_rendered(lambda: self.frame.render_typing(self.history, partial))
+            tokens = self._fit_rendered(self.frame.typing_segments, partial)
         return tokens[: max(0, len(tokens) - HOLD_BACK)]
 
     def prompt_tokens(self, message: str) -> List[int]:
         """The whole prompt for a submitted message; always fits with room for a reply."""
         if not self.frame.token_exact:
-            return self._fit_rendered(lambda: self.frame.render(self.history, message))
+            return self._fit_rendered(self.frame.segments, message)
         turn = self.tokenize(self.frame.turn(message), False)
         while len(self.head) + len(turn) + self.reply_room > self.n_ctx and len(message) > 1:
             message = message[len(message) // 4 + 1 :]  # far too long: keep its end
@@ -86,12 +87,20 @@ class Conversation:
             del self.exchanges[0]
         return self._context() + turn
 
-    def _fit_rendered(self, render: Callable[[], str]) -> List[int]:
-        tokens = self.tokenize(render(), True)
+    def _fit_rendered(self, segments: Callable, message: str) -> List[int]:
+        """A rendered prompt that fits: the oldest exchanges go first, then, for a message
+        longer than the context, its beginning (never the generation prompt at the end)."""
+        def render() -> List[int]:
+            return tokens_of(self.tokenize, segments(self.history, message))
+
+        tokens = render()
         while self.exchanges and len(tokens) + self.reply_room > self.n_ctx:
             del self.exchanges[0]
-            tokens = self.tokenize(render(), True)
-        return tokens[: self.n_ctx - self.reply_room]
+            tokens = render()
+        while len(tokens) + self.reply_room > self.n_ctx and len(message) > 1:
+            message = message[len(message) // 4 + 1 :]  # far too long: keep its end
+            tokens = render()
+        return tokens
 
     # -- after a reply -----------------------------------------------------------------
 

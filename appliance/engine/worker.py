@@ -247,6 +247,7 @@ class Engine:
         self.eos = ""
         self.prefilled = 0  # tokens evaluated ahead of a submit
         self.shifted = 0  # cached tokens moved down instead of evaluated again
+        self._end: Optional[set] = None  # the tokens a reply ends at, read once
         self._jobs: queue.Queue[Optional[Callable[[], None]]] = queue.Queue()
         self._target: List[int] = []
         self._target_lock = threading.Lock()
@@ -378,9 +379,13 @@ class Engine:
 
     # -- tokens ---------------------------------------------------------------------------
 
-    def tokenize(self, text: str, bos: bool = False) -> List[int]:
-        """Token ids of text. Safe from any thread: it reads only the vocabulary."""
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False)
+    def tokenize(self, text: str, bos: bool = False, special: bool = False) -> List[int]:
+        """Token ids of text. Safe from any thread: it reads only the vocabulary.
+
+        special: parse control tokens (`<|im_start|>`) in the text, as a chat template's own
+        text needs; never for what a person typed or the model said.
+        """
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=bos, special=special)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text, bos=True))
@@ -518,7 +523,7 @@ class Engine:
                     break
             stop = StopFilter(stops)
             joiner = Utf8Joiner()
-            end = {t for t in (llm.token_eos(), llm._model.token_eot()) if t >= 0}
+            end = self._end_of_turn()
             reply.stop_reason = "length"
             stream = llm.generate(
                 tokens,
@@ -558,6 +563,22 @@ class Engine:
         finally:
             reply.done_at = time.perf_counter()
             reply.emit(None)
+
+    def _end_of_turn(self) -> set:
+        """The tokens a reply ends at: end-of-generation and every control token (a chat
+        model that samples `<|im_start|>` has begun another turn), from the GGUF's vocabulary.
+        None of them is ever printed."""
+        import llama_cpp
+
+        if self._end is None:
+            llm = self._llm
+            vocab = llama_cpp.llama_model_get_vocab(llm.model)
+            self._end = {t for t in range(llm.n_vocab())
+                         if llama_cpp.llama_vocab_is_eog(vocab, t)
+                         or llama_cpp.llama_vocab_is_control(vocab, t)}
+            self._end -= {llm.token_bos()} if llm.token_bos() >= 0 else set()
+            self._end |= {t for t in (llm.token_eos(), llm._model.token_eot()) if t >= 0}
+        return self._end
 
     def close(self) -> None:
         if self._thread is not None:

@@ -16,10 +16,11 @@ template that reaches for Python internals is an attack: CVE-2024-34359).
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from appliance.engine import bases
 from appliance.engine.gguf_header import is_gguf
@@ -330,13 +331,32 @@ class DialogueFrame:
         turns = "".join(self._turn(role, text) for role, text in history)
         return self.head + turns + self.turn(message)
 
+    def segments(self, history: History, message: str) -> List[Tuple[str, bool]]:
+        """All plain text: a dialogue document has no special tokens."""
+        return [(self.render(history, message), True)]
+
+
+def tokens_of(tokenize: Callable[..., List[int]], pieces: Sequence[Tuple[str, bool]]) -> List[int]:
+    """Token ids of a rendered prompt, BOS first: a template's own text with its special
+    tokens parsed, what was said as plain text."""
+    tokens: List[int] = []
+    for i, (text, content) in enumerate(pieces):
+        tokens += tokenize(text, i == 0, not content)
+    return tokens
+
+
+_CONTENT = re.compile("\ufff9(\\d+)\ufffa")  # where a message's content goes
+
 
 class ChatFrame:
     """The model's own chat template, rendered in Jinja's immutable sandbox.
 
-    Rendered as text each turn: the engine's prefix cache keeps what did not
-    change (a re-tokenised reply may differ from the sampled tokens, so the
-    cache can miss from there on).
+    Rendered each turn as segments: the template's own text, tokenized with its
+    special tokens (`<|im_start|>`), and what the person and the character said,
+    tokenized as plain text, so neither can forge the other's turn. The engine's
+    prefix cache keeps what did not change; a reply re-tokenised from its text
+    can differ from the sampled tokens, and the cache then misses from there on
+    (docs/benchmarks.md measures what that costs).
     """
 
     token_exact = False
@@ -370,12 +390,30 @@ class ChatFrame:
         return msgs
 
     def render(self, history: History, message: str) -> str:
+        return "".join(text for text, _ in self.segments(history, message))
+
+    def segments(self, history: History, message: str) -> List[Tuple[str, bool]]:
+        """The prompt as (text, is_content) pieces, in order."""
+        messages = self.messages(history, message)
+        marked = [dict(m, content=f"\ufff9{i}\ufffa") for i, m in enumerate(messages)]
+        text = self._render(marked)
+        pieces: List[Tuple[str, bool]] = []
+        at = 0
+        for mark in _CONTENT.finditer(text):
+            if mark.start() > at:
+                pieces.append((text[at : mark.start()], False))
+            pieces.append((messages[int(mark.group(1))]["content"], True))
+            at = mark.end()
+        if at < len(text):
+            pieces.append((text[at:], False))
+        return pieces
+
+    def _render(self, messages: List[Dict[str, str]]) -> str:
         from jinja2 import TemplateError
         from jinja2.exceptions import SecurityError
 
         try:
-            text = self.template.render(messages=self.messages(history, message),
-                                        add_generation_prompt=True,
+            text = self.template.render(messages=messages, add_generation_prompt=True,
                                         bos_token=self.bos, eos_token=self.eos)
         except SecurityError as e:
             raise PersonaError(f"{self.where}: the model's chat template tried something unsafe "
@@ -386,11 +424,11 @@ class ChatFrame:
         # llama.cpp adds BOS itself when tokenizing.
         return text[len(self.bos):] if self.bos and text.startswith(self.bos) else text
 
-    def render_typing(self, history: History, partial: str) -> str:
+    def typing_segments(self, history: History, partial: str) -> List[Tuple[str, bool]]:
         """The prompt up to the end of what has been typed so far."""
-        mark = "\ufff9"  # a character no one types: where the message goes
-        text = self.render(history, mark)
-        return text[: text.index(mark)] + partial if mark in text else ""
+        pieces = self.segments(history, partial)
+        last = max((i for i, (_, content) in enumerate(pieces) if content), default=-1)
+        return pieces[: last + 1]
 
 
 def _template_exception(message: str) -> None:

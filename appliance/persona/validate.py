@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional
 
 from appliance.engine.gguf_header import Header, HeaderError, read_header
 from appliance.persona.bundle import BundleError, verify
-from appliance.persona.spec import Persona, PersonaError, make_frame
+from appliance.persona.spec import Persona, PersonaError, make_frame, tokens_of
 
 # Decoder architectures this llama.cpp runs with our frames.
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "granite", "smollm3")
@@ -266,7 +266,8 @@ def _generates(persona: Persona, threads: int) -> bool:
     try:
         _report("loads", True, f"in {time.monotonic() - started:.1f} s")
         frame = make_frame(persona, engine.chat_template, engine.bos, engine.eos)
-        reply = engine.generate(frame.render([], "Hello."), frame.stops,
+        reply = engine.generate(tokens_of(engine.tokenize, frame.segments([], "Hello.")),
+                                frame.stops,
                                 Sampling(max_tokens=4, temperature=0.0))
         text = reply.text()
         _report("generates", True, f"{reply.tokens} tokens: {text.strip()[:40]!r}")

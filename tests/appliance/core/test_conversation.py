@@ -95,7 +95,13 @@ def test_a_message_longer_than_the_context_is_cut_not_refused(engine):
     conv = Conversation(FRAME, engine.tokenize, 256, 24)
     tokens = conv.prompt_tokens("word " * 400 + "the end")
     assert len(tokens) + 24 <= 256
-    assert engine.generate(tokens, ["\n"], Sampling(max_tokens=24)).text() is not None
+    assert tokens[: len(conv.head)] == conv.head, "the frame stays"
+    tail = engine._llm.detokenize(tokens[-12:]).decode()
+    assert tail.endswith("word the end\nJULIET:"), "the message keeps its end, then the label"
+    reply = engine.generate(tokens, ["\n"], Sampling(max_tokens=24))
+    reply.text()
+    assert reply.error is None and reply.stop_reason in ("stop", "length", "eos")
+    assert reply.tokens > 0
 
 
 def test_a_submit_right_after_typing_keeps_what_was_prefilled(engine):

@@ -63,7 +63,8 @@ class PrivateApt:
                            ("Dir::Etc::preferencesparts", root / "prefs"),
                            ("APT::Architecture", ARCH), ("APT::Architectures", ARCH),
                            ("Debug::NoLocking", "1"), ("Acquire::Languages", "none"),
-                           ("APT::Get::AllowUnauthenticated", "false")):
+                           ("APT::Get::AllowUnauthenticated", "false"),
+                           ("APT::Install-Recommends", "false")):  # as Raspberry Pi OS Lite
             self.options += ["-o", f"{key}={value}"]
         if os.geteuid() == 0:  # the _apt user could not write into a root-owned cache
             self.options += ["-o", "APT::Sandbox::User=root"]

@@ -39,6 +39,28 @@ def cmd_wheelhouse(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stand_in(args: argparse.Namespace) -> int:
+    from image.build import log_stderr
+    from image.standin import build, default_cache
+
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        from image.tools import ImageError
+
+        raise ImageError(f"--out {out}: folder {out.parent} does not exist")
+    timings = build(args.release, out, Path(args.cache) if args.cache else default_cache(),
+                    log_stderr, refresh=args.refresh)
+    print(f"{out}: Debian {args.release} arm64 stand-in for Raspberry Pi OS Lite ("
+          + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ")")
+    return 0
+
+
+def cmd_try(args: argparse.Namespace) -> int:
+    from image.qemu import try_image
+
+    return try_image(args)
+
+
 def register(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """Add `image build` and `image wheelhouse`; returns the image subparsers."""
     image = sub.add_parser("image", help="build a flashable SD card image")
@@ -64,6 +86,34 @@ def register(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
                        "installed offline on first boot)")
     build.add_argument("--dry-run", action="store_true", help="list every change, write nothing")
     build.set_defaults(func=cmd_build)
+
+    stand = isub.add_parser("stand-in", help="an arm64 Debian image in Raspberry Pi OS's "
+                            "layout, to build and `image try` without Raspberry Pi OS")
+    stand.add_argument("--release", default="bookworm", help="bookworm (default) or trixie")
+    stand.add_argument("--out", required=True, help="the image to write")
+    stand.add_argument("--cache", help="where the stand-in is kept between runs (default: "
+                       "the cache folder's image/)")
+    stand.add_argument("--refresh", action="store_true", help="make it again, not from cache")
+    stand.set_defaults(func=cmd_stand_in)
+
+    trying = isub.add_parser("try", help="boot a built image in QEMU, answering a simulated "
+                             "typewriter on its serial port")
+    trying.add_argument("image", help="the image from `typewriter image build`")
+    trying.add_argument("--type", metavar="TEXT", help="type TEXT once the appliance is "
+                        "ready, wait for the reply on the paper, print it, exit 0")
+    trying.add_argument("--pty", action="store_true", help="no simulated typewriter: print the "
+                        "host pty that is the Pi's serial port and run until Ctrl-C")
+    trying.add_argument("--timeout", type=float, default=1200.0,
+                        help="--type: seconds to wait for boot and reply (1200)")
+    trying.add_argument("--log", help="the guest's console to this file (default: stdout)")
+    trying.add_argument("--shell", help="stand-in only: a unix socket for its root shell")
+    trying.add_argument("--keep", action="store_true", help="write the boot's changes into "
+                        "the image (default: they are thrown away)")
+    trying.add_argument("--machine", choices=("auto", "virt", "raspi3b"), default="auto",
+                        help="auto: virt for a stand-in, raspi3b for Raspberry Pi OS")
+    trying.add_argument("--cps", type=float, default=200.0,
+                        help="the simulated typewriter's print speed (200; a real one: 12)")
+    trying.set_defaults(func=cmd_try)
 
     wheels = isub.add_parser("wheelhouse", help="build the wheels the image installs offline")
     wheels.add_argument("--arch", choices=ARCHES, default="aarch64")

@@ -190,3 +190,33 @@ def host_wheelhouse(tmp_path_factory) -> Path:
         if not list(out.glob(f"{name.replace('-', '_')}-*.whl")):
             repack(name, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def aarch64_wheelhouse(tmp_path_factory) -> Path:
+    """`typewriter image wheelhouse --arch aarch64`: llama-cpp-python cross-compiled (minutes)
+    unless TYPEWRITER_AARCH64_ENGINE_WHEEL names one built before (a CI cache) or the cache
+    folder holds the one an earlier run built (image/llama_cpp_python-*_aarch64.whl)."""
+    from appliance.system.paths import cache_dir
+    from tests.conftest import typewriter
+
+    if not shutil.which("aarch64-linux-gnu-g++"):
+        pytest.skip("no cross compiler: apt-get install gcc-aarch64-linux-gnu "
+                    "g++-aarch64-linux-gnu")
+    out = tmp_path_factory.mktemp("wheels-aarch64")
+    keep = cache_dir() / "image"
+    from image.wheelhouse import APP, ENGINE, requirement_of
+
+    version = requirement_of(APP, ENGINE).split("==")[-1]  # the pinned one
+    cached = os.environ.get("TYPEWRITER_AARCH64_ENGINE_WHEEL") or next(
+        (str(p) for p in keep.glob(f"llama_cpp_python-{version}-*-linux_aarch64.whl")), None)
+    done = typewriter("image", "wheelhouse", "--arch", "aarch64", "--python", "3.11",
+                      "--out", str(out), *(["--engine-wheel", cached] if cached else []),
+                      timeout=1800)
+    assert done.returncode == 0, done.stderr
+    engine = [p for p in out.glob("llama_cpp_python-*") if p.name.endswith("-linux_aarch64.whl")]
+    assert engine
+    if not cached:  # the next run skips the compile
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(engine[0], keep / engine[0].name)
+    return out

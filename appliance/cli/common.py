@@ -56,8 +56,10 @@ def engine_for(persona: Persona, args: argparse.Namespace,
 
 def synthetic(shape: str, script: Optional[str] = None, tag: str = "") -> Path:
     """A synthetic model of a shape, written once into the cache."""
-    from appliance.engine.synth import synthesize
+    from appliance.engine.synth import SHAPES, synthesize
 
+    if shape not in SHAPES:
+        raise UserError(f"unknown shape {shape!r}: choose one of {', '.join(SHAPES)}")
     path = cache_dir() / "models" / f"synthetic-{shape}{tag}.gguf"
     if not path.exists():
         print(f"Writing a synthetic {shape} model to {path} (first run only)...", file=sys.stderr)

@@ -17,7 +17,6 @@ from typing import Optional
 
 from appliance.cli.common import POSITIVE, store_for
 from appliance.errors import UserError
-from appliance.persona.build import BuildError
 from appliance.persona.store import PersonaStore, StoreError
 from appliance.persona.switcher import SWITCH_TIMEOUT
 from appliance.persona.transfer import (
@@ -116,11 +115,8 @@ def cmd_push(args: argparse.Namespace) -> int:
     if args.identity:
         ssh += ["-i", args.identity, "-o", "IdentitiesOnly=yes"]
     ssh += [f"-o{option}" for option in args.ssh_option]
-    try:
-        push(Path(args.bundle), args.host, args.activate, ssh,
-             lambda line: print(line, flush=True), name=args.name)
-    except TransferError as e:
-        raise UserError(str(e)) from None
+    push(Path(args.bundle), args.host, args.activate, ssh,
+         lambda line: print(line, flush=True), name=args.name)
     return 0
 
 
@@ -146,8 +142,9 @@ def cmd_authorize_key(args: argparse.Namespace) -> int:
     command = receive_command_line(Path(args.config) if args.config else None)
     try:
         added = authorize_key(key, path, command)
-    except TransferError as e:
-        raise UserError(str(e)) from None
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror}): pass --authorized-keys a file "
+                        "you can write, or run as the appliance's user") from None
     print(f"{'added to' if added else 'already in'} {path}: this key can only push personas")
     return 0
 
@@ -278,8 +275,6 @@ def cmd_build(args: argparse.Namespace) -> int:
     try:
         recipe = Recipe.on_base(base, **sizes) if base else Recipe(**sizes)
         result = build(req, recipe, say=lambda s: print(s, file=sys.stderr))
-    except BuildError as e:
-        raise UserError(str(e)) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
     s = result.summary
@@ -297,15 +292,12 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from appliance.persona.bundle import SUMS, BundleError, verify
+    from appliance.persona.bundle import SUMS, verify
     from appliance.persona.check import run_check, table
 
     folder = Path(args.bundle)
     if (folder / SUMS).exists():
-        try:
-            verify(folder)
-        except BundleError as e:
-            raise UserError(str(e)) from None
+        verify(folder)
     result = run_check(folder)
     print(table(result))
     if args.json:

@@ -21,6 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--cps", type=CPS, default=12.0, help="print speed, characters/second")
     bench.add_argument("--exchanges", type=bounded(int, 1, 100), default=5)
     bench.add_argument("--threads", type=bounded(int, 1, 256), default=None)
+    bench.add_argument("--persona", metavar="DIR", help="instead: an adapter persona on its "
+                       "real base (default: the shipped one with `--persona default`): "
+                       "adapter vs base decode, adapter swap vs reload, Q4_1 vs Q4_0, pace")
+    bench.add_argument("--dialogue", default=str(Path(__file__).resolve().parents[2] / ".." /
+                                                 "shared" / "data" / "tinyshakespeare.txt"),
+                       help="--persona: the dialogue its held-out lines come from")
+    bench.add_argument("--character", default="JULIET", help="--persona: whose lines")
+    bench.add_argument("--rounds", type=bounded(int, 1, 100), default=5)
     bench.set_defaults(func=cmd_bench)
 
     model = sub.add_parser("model", help="model tools")
@@ -59,10 +67,15 @@ def cmd_model_synth(args: argparse.Namespace) -> int:
                        "pip install 'typewriter-appliance[synth]'") from e
     except ValueError as e:
         raise UserError(str(e)) from e
+    except OSError as e:
+        raise UserError(f"cannot write {args.out} ({e.strerror}): pick a folder you can write "
+                        "to") from None
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.persona:
+        return _persona_bench(args)
     from appliance.bench import end_to_end as bench
 
     tag = "-bench-" + hashlib.sha1(bench.REPLY_SCRIPT.encode()).hexdigest()[:8]
@@ -73,6 +86,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for key, value in result.items():
         print(f"{key:28} {value}")
     print(f"wrote {args.json}")
+    return 0
+
+
+def _persona_bench(args: argparse.Namespace) -> int:
+    from appliance.bench.persona import persona_bench
+    from appliance.persona.spec import DEFAULT_PERSONA
+    from appliance.system.paths import cache_dir
+
+    folder = DEFAULT_PERSONA if args.persona == "default" else Path(args.persona)
+    dialogue = Path(args.dialogue)
+    if not dialogue.is_file():
+        raise UserError(f"no dialogue at {dialogue}: pass --dialogue, the file the persona "
+                        "was built from")
+    out = Path(args.json if args.json != "bench-results/bench.json" else
+               "bench-results/persona.json")
+    result = persona_bench(folder, args.threads or physical_cores(), args.rounds, dialogue,
+                           args.character, cache_dir() / "models", out)
+    for key, value in result.items():
+        print(f"{key:28} {value}")
+    print(f"wrote {out}")
     return 0
 
 

@@ -81,3 +81,17 @@ def test_rooms_import_only_what_the_flow_allows(room, forbidden):
 def test_the_persona_tools_run_without_the_daemon_or_the_link():
     reached = reaches(EDGES, "appliance.cli.persona")
     assert not {"appliance.core.loop", "firmware_bridge.host.link"} & reached
+
+
+def test_the_cli_loads_neither_the_loop_nor_the_link_nor_pyserial_until_a_verb_needs_them():
+    """`typewriter persona list` on a Pi: the parser and the persona tools, nothing more."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; import appliance.cli; appliance.cli.parser(); "
+             "import appliance.cli.persona; print(sorted(m for m in sys.modules if "
+             "m.startswith(('serial', 'appliance.core.loop', 'firmware_bridge.host.link', "
+             "'torch', 'transformers'))))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60, check=True).stdout.strip()
+    assert loaded == "[]"

@@ -18,7 +18,6 @@ from appliance.system.control import default_path as control_path
 from appliance.system.journal import Journal
 from appliance.system.paths import state_dir
 from appliance.system.service import Notifier
-from firmware_bridge.host.link import LinkError, open_port
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +133,8 @@ def wait_for_port(port: str, notifier: Notifier, every: float = PORT_RETRY,
     timeout extended, so systemd neither kills nor restarts it (no start-limit hit). Once
     open, the link itself handles the typewriter going away again.
     """
+    from firmware_bridge.host.link import LinkError, open_port
+
     told = None
     while True:
         try:

@@ -402,10 +402,6 @@ class Engine:
             self._target = list(tokens)
         self._jobs.put(self._prefill)
 
-    def forget(self) -> None:
-        """Empty the cache, as just after loading (benchmarks start each run cold)."""
-        self.prefill([])
-
     def _rewind(self, n: int) -> None:
         """Forget the cache beyond n tokens (llama-cpp-python needs both fields reset)."""
         llm = self._llm

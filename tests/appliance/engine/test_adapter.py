@@ -16,19 +16,21 @@ TEXT = "Juliet speaks with a visitor.\n\nVISITOR: Good morrow, lady. Who art tho
 
 @pytest.fixture(scope="module")
 def peft_model(smollm2_base):
-    """The base in transformers with a random (untrained) LoRA on q, k, v, o and down."""
+    """The base in transformers with a random (untrained) LoRA on q and k, where the row
+    permutation matters; B large enough that its effect stands well above the logit noise
+    of llama.cpp's quantized activations (about 0.2)."""
     import torch
 
     from appliance.persona.build.train import Recipe, add_lora, load_gguf_base
 
     model = add_lora(load_gguf_base(smollm2_base),
                      Recipe(base="smollm2-135m", lora_rank=8,
-                            lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")))
+                            lora_targets=("q_proj", "k_proj")))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:  # peft starts B at zero: the adapter would change nothing
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
     return model.eval()
 
 
@@ -71,24 +73,26 @@ def tokens(smollm2_base):
 
 def test_the_exported_adapter_agrees_with_peft_and_not_without_the_permutation(
         smollm2_base, peft_model, tokens, tmp_path, monkeypatch):
-    """The adapter's effect on the logits correlates > 0.98 between the libraries (the
-    Q4_1 base is computed with quantized activations in llama.cpp, so logits themselves
-    differ by noise); greedy tokens agree at >= 90% of positions. Without the Q/K row
-    permutation the same adapter's effect is another one."""
+    """What the adapter changes in the logits (with minus without it, at every position)
+    correlates > 0.97 between llama.cpp and transformers + peft, and is as large (within
+    15%). The logits themselves are compared through that difference: the Q4_1 base runs
+    on quantized activations in llama.cpp, 0.2 apart from transformers' on average.
+    Measured: 0.989 and 1.78 vs 1.72. Without the Q/K row permutation: 0.31, 1.78 vs 0.99."""
     from appliance.persona.build import adapter
 
     good = tmp_path / "good.gguf"
-    assert adapter.write_adapter(peft_model, good, alpha=16) == 5 * 30
+    assert adapter.write_adapter(peft_model, good, alpha=16) == 2 * 30
     hf, cpp, hf_top, cpp_top = adapter_effect(smollm2_base, peft_model, good, tokens)
-    assert np.abs(hf).mean() > 0.3  # the random adapter changes the logits a lot
-    assert np.corrcoef(hf, cpp)[0, 1] > 0.98
-    assert (hf_top == cpp_top).mean() >= 0.9
+    assert np.abs(hf).mean() > 1.0  # the random adapter changes the logits a lot
+    assert np.corrcoef(hf, cpp)[0, 1] > 0.97
+    assert abs(np.abs(cpp).mean() / np.abs(hf).mean() - 1) < 0.15
+    assert (hf_top == cpp_top).mean() >= 0.75
 
     monkeypatch.setattr(adapter, "permute", lambda w, heads: w)
     bad = tmp_path / "unpermuted.gguf"
     adapter.write_adapter(peft_model, bad, alpha=16)
     hf, cpp, _, _ = adapter_effect(smollm2_base, peft_model, bad, tokens)
-    assert np.corrcoef(hf, cpp)[0, 1] < 0.9
+    assert np.corrcoef(hf, cpp)[0, 1] < 0.6
 
 
 def test_the_adapter_file_is_an_f16_lora_gguf(peft_model, tmp_path):
@@ -101,7 +105,7 @@ def test_the_adapter_file_is_an_f16_lora_gguf(peft_model, tmp_path):
     assert header.metadata["adapter.type"] == "lora"
     assert header.metadata["adapter.lora.alpha"] == 16
     names = {t.name for t in header.tensors}
-    assert {"blk.0.attn_q.weight.lora_a", "blk.29.ffn_down.weight.lora_b"} <= names
+    assert {"blk.0.attn_q.weight.lora_a", "blk.29.attn_k.weight.lora_b"} <= names
     assert {t.ggml_type for t in header.tensors} == {1}  # GGML_TYPE_F16
 
 

@@ -191,3 +191,32 @@ def test_no_room_for_the_output_is_one_line_and_leaves_nothing(tmp_path, dialogu
         capture_output=True, text=True, timeout=300, preexec_fn=_small_files)
     one_line_error(done, "no room to write under", "free some space")
     assert not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.slow
+def test_accelerate_launch_trains_in_two_processes_and_the_adapter_runs(tmp_path, dialogue,
+                                                                        tiny_base):
+    """The same command under `accelerate launch` (two CPU processes, gloo): one bundle.
+
+    accelerate's --cpu launches one process unless MPI is set up; its torchrun launcher
+    (--multi_gpu) starts two, and `--device cpu` (the default) keeps them on the CPU,
+    where torch.distributed uses gloo."""
+    out = tmp_path / "out" / "menenius"
+    launcher = Path(sys.executable).parent / "accelerate"
+    done = subprocess.run(
+        [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "appliance.cli", "persona",
+         "build", "--dialogue", str(dialogue), "--character", "MENENIUS", "--base",
+         str(tiny_base), "--max-steps", "2", "--batch", "4", "--window", "96", "--out",
+         str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count(f"wrote {out}") == 1  # the main process reports, once
+    assert "2 process(es)" in (out / "card.md").read_text()
+    verify(out)
+    persona = Persona.load(out)
+    engine = Engine(persona.model_path, n_ctx=256, seed=0, adapter=persona.adapter_path).start()
+    try:
+        assert Prober(persona, engine).ask("Who are you?") is not None
+    finally:
+        engine.close()
+    assert not list(out.parent.glob(".menenius.*"))  # no partial or work folder left

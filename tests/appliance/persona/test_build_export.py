@@ -8,7 +8,13 @@ import pytest
 from appliance.engine.synth import quiet_llama
 from appliance.persona.build import BuildError
 from appliance.persona.build.export import write_f16
-from appliance.persona.build.train import Recipe, Stage, stream_batch, train_tokenizer
+from appliance.persona.build.train import (
+    Recipe,
+    Stage,
+    progress_bar,
+    stream_batch,
+    train_tokenizer,
+)
 
 ENGLISH = Path(__file__).parents[3] / "appliance" / "data" / "english.txt"
 # Logits here spread with a std of ~0.9; float16 weights moved them by at most 0.0055 (measured).
@@ -90,16 +96,6 @@ def test_the_permutation_matters(tmp_path, tokenizer):
     assert np.abs(got - expected).max() > TOLERANCE * 10
 
 
-class Progress:
-    """rich's Progress, as far as a Stage uses it."""
-
-    def add_task(self, *args, **kwargs):
-        return 0
-
-    def update(self, *args, **kwargs):
-        pass
-
-
 def test_an_interrupted_stage_resumes_to_the_same_weights(tmp_path, tokenizer):
     import torch
 
@@ -117,12 +113,13 @@ def test_an_interrupted_stage_resumes_to_the_same_weights(tmp_path, tokenizer):
 
     straight = new_model(recipe, tokenizer)
     (tmp_path / "a").mkdir()
-    stage(tmp_path / "a", straight).run(Progress())
+    stage(tmp_path / "a", straight).run(progress_bar(disable=True))
 
     (tmp_path / "b").mkdir()
     with pytest.raises(BuildError, match="interrupted at pretrain step 3 of 6; run the same"):
-        stage(tmp_path / "b", new_model(recipe, tokenizer), stop_at=3).run(Progress())
+        quiet = progress_bar(disable=True)
+        stage(tmp_path / "b", new_model(recipe, tokenizer), stop_at=3).run(quiet)
     resumed = new_model(recipe, tokenizer)  # a fresh process: new weights, then the checkpoint
-    stage(tmp_path / "b", resumed).run(Progress())
+    stage(tmp_path / "b", resumed).run(progress_bar(disable=True))
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), name

@@ -133,8 +133,15 @@ def wait_for_port(port: str, notifier: Notifier, every: float = PORT_RETRY,
     timeout extended, so systemd neither kills nor restarts it (no start-limit hit). Once
     open, the link itself handles the typewriter going away again.
     """
+    import os
+    import stat
+
     from firmware_bridge.host.link import LinkError, open_port
 
+    if os.path.exists(port) and not stat.S_ISCHR(os.stat(port).st_mode):
+        raise UserError(f"{port} is not a serial port (a file, not a device): pass the "
+                        "typewriter's device (/dev/typewriter, /dev/serial0) or the path "
+                        "`typewriter simulate` printed")
     told = None
     while True:
         try:

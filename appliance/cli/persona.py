@@ -281,7 +281,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if not s:  # another of accelerate's processes: the main one reports
         return 0
     print(f"wrote {result.out}: {s['name']}, {s['params'] / 1e6:.1f}M params, "
-          f"{s['model_bytes'] / 1e6:.1f} MB {s['quant']}, trained {s['train_seconds']:.0f} s"
+          + ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in s["files"].items())
+          + f", trained {s['train_seconds']:.0f} s"
           + ("" if s["check"] is None else
              f"; gating probes {'passed' if s['check']['gating_passed'] else 'FAILED'}"))
     return 0

@@ -145,7 +145,8 @@ def test_arm64_tree_installs_the_cross_built_wheels_offline_and_loads_a_model(
         mode = (tree / "var/lib/typewriter/.ssh/authorized_keys").stat().st_mode & 0o777
         assert mode == 0o600
     pi = subprocess.run([*emulated(tree), f"{installer.VENV}/bin/python", "-c",
-                         "import gpiozero, lgpio; print(gpiozero.__version__)"],
+                         "import gpiozero, lgpio; from importlib.metadata import version; "
+                         "print(version('gpiozero'))"],
                         capture_output=True, text=True, env=ARM_ENV, timeout=300)
     assert pi.returncode == 0 and pi.stdout.startswith("2."), pi.stderr[-2000:]
     loaded = subprocess.run([*emulated(tree), f"{installer.VENV}/bin/python", "-c", (

@@ -11,7 +11,6 @@ sums and installs them with dpkg.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from appliance.persona.bundle import digest
 from image.tools import ImageError
 
 # The README's promise: speech (espeak-ng renders, aplay plays).
@@ -129,17 +129,9 @@ def parse_index(text: str) -> Dict[tuple, Deb]:
     return found
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check(deb: Deb, path: Path) -> Deb:
     """The file is the one the index names (size and SHA-256), or ImageError."""
-    if not path.is_file() or path.stat().st_size != deb.size or sha256_of(path) != deb.sha256:
+    if not path.is_file() or path.stat().st_size != deb.size or digest(path) != deb.sha256:
         path.unlink(missing_ok=True)
         raise ImageError(f"{deb.file}: its SHA-256 is not the one in the archive's Packages "
                          "index (a damaged download or a tampered mirror): build again")

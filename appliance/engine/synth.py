@@ -283,16 +283,8 @@ def _write_f16(shape: Shape, path: Path, seed: int, chain: Optional[List[int]]) 
                 _tensors(shape, np.random.default_rng(seed), chain))
 
 
-def write_llama(path: Path, shape: Shape, vocab: Tuple[List[str], List[int], List[str]],
-                bos: int, eos: int, tensors: List[Tensor], eps: float = RMS_EPS) -> None:
-    """A float16 LLaMA GGUF (norms float32) with a byte-level BPE vocabulary.
-
-    Tensors are made one at a time as they are written, so memory holds one.
-    """
-    import gguf
-
-    tokens, types, merges = vocab
-    w = gguf.GGUFWriter(str(path), "llama")
+def add_shape(w, shape: Shape, eps: float) -> None:
+    """A llama model's hyperparameters on a GGUFWriter, as llama.cpp reads them."""
     w.add_context_length(shape.context)
     w.add_embedding_length(shape.embd)
     w.add_block_count(shape.layers)
@@ -303,6 +295,19 @@ def write_llama(path: Path, shape: Shape, vocab: Tuple[List[str], List[int], Lis
     w.add_rope_freq_base(shape.rope_theta)
     w.add_layer_norm_rms_eps(eps)
     w.add_vocab_size(shape.vocab)
+
+
+def write_llama(path: Path, shape: Shape, vocab: Tuple[List[str], List[int], List[str]],
+                bos: int, eos: int, tensors: List[Tensor], eps: float = RMS_EPS) -> None:
+    """A float16 LLaMA GGUF (norms float32) with a byte-level BPE vocabulary.
+
+    Tensors are made one at a time as they are written, so memory holds one.
+    """
+    import gguf
+
+    tokens, types, merges = vocab
+    w = gguf.GGUFWriter(str(path), "llama")
+    add_shape(w, shape, eps)
     w.add_file_type(int(gguf.LlamaFileType.MOSTLY_F16))
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")  # llama.cpp's name for GPT-2's pre-tokenizer ("gpt2" is unknown)

@@ -80,7 +80,7 @@ def write_merged(model: LlamaForCausalLM, base_gguf: Path, out: Path, quant: str
     """
     import gguf
 
-    from appliance.engine.synth import quantize
+    from appliance.engine.synth import add_shape, quantize
 
     reader = gguf.GGUFReader(str(base_gguf))
     shape = shape_of(model)
@@ -88,16 +88,7 @@ def write_merged(model: LlamaForCausalLM, base_gguf: Path, out: Path, quant: str
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".merge-") as tmp:
         f16 = Path(tmp) / "merged-f16.gguf"
         w = gguf.GGUFWriter(str(f16), "llama")
-        w.add_context_length(shape.context)
-        w.add_embedding_length(shape.embd)
-        w.add_block_count(shape.layers)
-        w.add_feed_forward_length(shape.ff)
-        w.add_head_count(shape.heads)
-        w.add_head_count_kv(shape.kv_heads)
-        w.add_rope_dimension_count(shape.head_dim)
-        w.add_rope_freq_base(shape.rope_theta)
-        w.add_layer_norm_rms_eps(c.rms_norm_eps)
-        w.add_vocab_size(shape.vocab)
+        add_shape(w, shape, c.rms_norm_eps)
         w.add_file_type(int(gguf.LlamaFileType.MOSTLY_F16))
         for field in reader.fields.values():
             if field.name.startswith("tokenizer."):

@@ -62,7 +62,7 @@ class Line:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
-        self.sent = self.received = 0
+        self.sent = self.received = self.dropped = 0
 
     def attach(self, fd: int) -> None:
         """Relay between QEMU's UART and `fd` (a pty end)."""
@@ -99,8 +99,9 @@ class Line:
             readable, _, _ = select.select([self._sock, self.peer], [], [], 0.1)
             if self._sock in readable:
                 data = self._recv()
-                if data is None:
-                    return
+                if data is None:  # QEMU closed it: connect again (or stop with QEMU)
+                    self._reconnect()
+                    continue
                 if data and self.connected.is_set():
                     self.received += len(data)
                     _write_all(self.peer, data)
@@ -110,11 +111,25 @@ class Line:
                 except OSError:
                     data = b""
                 if data and self.connected.is_set():
-                    self.sent += len(data)
-                    try:
-                        self._sock.sendall(data)
-                    except OSError:
-                        return
+                    self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        """To the Pi's UART; what it cannot take now (nobody has the port open, so QEMU
+        stops reading) is dropped, as a real line drops bytes nobody receives."""
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._reconnect()
+            return
+        self.sent += sent
+        self.dropped += len(data) - sent
+
+    def _reconnect(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
 
     def _recv(self) -> Optional[bytes]:
         try:

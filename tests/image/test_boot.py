@@ -160,6 +160,28 @@ def test_the_image_boots_and_answers_the_typewriter(tmp_path, stand_in, aarch64_
         _, out = shell.run("free -m | sed -n 2p; systemctl show -p MemoryCurrent -p "
                            "MemoryMax typewriter")
         FIGURES["memory"] = " ".join(out.split())
+        # The unit already denies @resources (SystemCallFilter=~...): it held above. Try
+        # MemoryDenyWriteExecute=yes on top, under this real systemd, and say what happened.
+        if os.environ.get("TYPEWRITER_BOOT_TRY_MDWE"):
+            old = unit(shell)["MainPID"]
+            shell.run("mkdir -p /run/systemd/system/typewriter.service.d && printf "
+                      "'[Service]\\nMemoryDenyWriteExecute=yes\\n' > "
+                      "/run/systemd/system/typewriter.service.d/mdwe.conf && "
+                      "systemctl daemon-reload && systemctl restart --no-block typewriter")
+            held = wait(lambda: unit(shell)["MainPID"] not in (old, "0") and
+                        "connected" in unit(shell)["StatusText"], 300, 2)
+            answered = False
+            if held:
+                before = len(sim.paper.text())
+                sim.type_text("Again\n\n", cps=20)
+                try:
+                    wait_reply(sim, "Again", 300)
+                    answered = bool(sim.paper.text()[before:].strip())
+                except Exception:
+                    pass
+            _, log = shell.run("journalctl -b -u typewriter --no-pager | tail -5")
+            FIGURES["MemoryDenyWriteExecute=yes"] = (
+                "held: READY and a reply" if answered else f"failed: {unit(shell)} {log}")
     finally:
         if shell is not None:
             shell.close()

@@ -23,6 +23,7 @@ from typing import Callable, Dict, List, Optional
 from appliance.engine.gguf_header import Header, HeaderError, read_header
 from appliance.persona.bundle import BundleError, verify
 from appliance.persona.spec import Persona, PersonaError, make_frame, tokens_of
+from appliance.system.memory import available_memory  # the cgroup's limit counts too
 
 # Decoder architectures this llama.cpp runs with our frames.
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "granite", "smollm3")
@@ -73,17 +74,6 @@ class Verdict:
     def table(self) -> str:
         return "\n".join(f"{'ok  ' if c.ok else 'FAIL'}  {c.name:12} {c.detail}"
                          for c in self.checks)
-
-
-def available_memory() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 def needed_memory(header: Header, n_ctx: int) -> int:

@@ -356,10 +356,10 @@ def end_to_end(model: Path, shape: str, threads: int, rate: float = 5.0, cps: fl
     """Prefill against evaluate-on-submit, through the simulated typewriter."""
     from statistics import median
 
-    from appliance.engine.worker import Engine, repacks_weights
+    from appliance.system.memory import use_mmap
 
     messages = (MESSAGES * (exchanges // len(MESSAGES) + 1))[:exchanges]
-    mmap = not repacks_weights()
+    mmap = use_mmap(model.stat().st_size)
     bare = BareLoop(model, threads, mmap)
     try:
         with_prefill = _conversation(model, threads, True, rate, cps, messages, False, bare)

@@ -13,7 +13,6 @@ from appliance.persona.spec import DEFAULT_PERSONA, Persona
 from appliance.persona.store import DEFAULT_ROOT, PersonaStore
 from appliance.system.config import default_path
 from appliance.system.config import load as load_config
-from appliance.system.memory import use_mmap
 from appliance.system.paths import cache_dir, xdg
 
 
@@ -49,8 +48,7 @@ def engine_for(persona: Persona, args: argparse.Namespace,
             f"{persona.synthetic!r}): its replies are noise until you build a trained persona.",
             file=sys.stderr,
         )
-    size = model.stat().st_size if model.is_file() else 0  # a missing file: the engine says
-    mmap = {"auto": use_mmap(size), "on": True, "off": False}[args.mmap]
+    mmap = {"auto": None, "on": True, "off": False}[args.mmap]  # auto: the engine's choice
     return Engine(model, n_ctx=args.ctx, n_threads=args.threads,
                   seed=persona.generation.seed, mmap=mmap, kv_quant=args.kv == "q8_0",
                   adapter=None if override else persona.adapter_path).start()

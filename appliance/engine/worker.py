@@ -17,6 +17,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Union
 
 from appliance.engine.gguf_header import is_gguf
 from appliance.errors import UserError
+from appliance.system.memory import use_mmap
 
 
 class EngineError(UserError):
@@ -167,20 +168,6 @@ class Reply:
         return "".join(self)
 
 
-def repacks_weights() -> bool:
-    """Whether llama.cpp copies Q4_0 weights into its own layout at load on this CPU.
-
-    It does where AVX2 (x86) or dot-product instructions (ARM, e.g. the Pi 5)
-    exist; the file's pages would then be held twice with mmap on.
-    """
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx2", "asimddp"})
-
-
 def kv_cache_options(quantized: bool) -> dict:
     """Llama() options for the KV cache: Q8_0 halves it (needs flash attention in llama.cpp)."""
     if not quantized:
@@ -240,7 +227,8 @@ class Engine:
         self.n_threads = n_threads or physical_cores()
         self.n_batch = n_batch
         self.seed = seed
-        self.mmap = (not repacks_weights()) if mmap is None else mmap
+        size = self.model_path.stat().st_size if self.model_path.is_file() else 0
+        self.mmap = use_mmap(size) if mmap is None else mmap
         self.kv_quant = kv_quant
         self.chat_template: Optional[str] = None
         self.bos = ""

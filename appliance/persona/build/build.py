@@ -132,16 +132,10 @@ def _accelerator(device: str):
             raise BuildError("--device cuda: torch sees no CUDA GPU here: use --device cpu")
         bf16 = torch.cuda.is_bf16_supported()
     else:
-        bf16 = bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"})
+        from appliance.system.memory import cpu_flags
+
+        bf16 = bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
     return Accelerator(cpu=device == "cpu", mixed_precision="bf16" if bf16 else "no")
-
-
-def _cpu_flags() -> set:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return set(f.read().split())
-    except OSError:
-        return set()
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

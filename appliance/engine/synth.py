@@ -318,6 +318,12 @@ def write_llama(path: Path, shape: Shape, vocab: Tuple[List[str], List[int], Lis
     w.add_eos_token_id(eos)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
+    write_tensors(w, tensors)
+
+
+def write_tensors(w, tensors: List[Tensor]) -> None:
+    """Header, metadata and tensors (f32 norms, f16 matrices), then close: each tensor is
+    made only when written, so memory holds one at a time."""
     for name, dims, _ in tensors:
         dtype = np.dtype(np.float32 if len(dims) == 1 else np.float16)
         w.add_tensor_info(name, dims, dtype, int(np.prod(dims)) * dtype.itemsize)

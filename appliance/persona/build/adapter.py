@@ -80,7 +80,7 @@ def write_merged(model: LlamaForCausalLM, base_gguf: Path, out: Path, quant: str
     """
     import gguf
 
-    from appliance.engine.synth import add_shape, quantize
+    from appliance.engine.synth import add_shape, quantize, write_tensors
 
     reader = gguf.GGUFReader(str(base_gguf))
     shape = shape_of(model)
@@ -93,16 +93,7 @@ def write_merged(model: LlamaForCausalLM, base_gguf: Path, out: Path, quant: str
         for field in reader.fields.values():
             if field.name.startswith("tokenizer."):
                 _copy_field(w, field)
-        made = tensors(model)
-        for name, dims, _ in made:
-            dtype = np.dtype(np.float32 if len(dims) == 1 else np.float16)
-            w.add_tensor_info(name, dims, dtype, int(np.prod(dims)) * dtype.itemsize)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        for _, _, make in made:
-            w.write_tensor_data(make())
-        w.close()
+        write_tensors(w, tensors(model))
         if quant == "f16":
             f16.replace(out)
         else:

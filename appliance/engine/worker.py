@@ -235,7 +235,7 @@ class Engine:
         self.eos = ""
         self.prefilled = 0  # tokens evaluated ahead of a submit
         self.shifted = 0  # cached tokens moved down instead of evaluated again
-        self._end: Optional[set] = None  # the tokens a reply ends at, read once
+        self._end: set = set()  # the tokens a reply ends at, read at load
         self._jobs: queue.Queue[Optional[Callable[[], None]]] = queue.Queue()
         self._target: List[int] = []
         self._target_lock = threading.Lock()
@@ -287,6 +287,7 @@ class Engine:
         self.chat_template = meta.get("tokenizer.chat_template")
         self.bos = self._token_text(self._llm.token_bos())
         self.eos = self._token_text(self._llm.token_eos())
+        self._end = self._end_of_turn()  # read once here, not on the first reply's clock
         loaded.put(None)
         while True:
             job = self._jobs.get()
@@ -507,7 +508,7 @@ class Engine:
                     break
             stop = StopFilter(stops)
             joiner = Utf8Joiner()
-            end = self._end_of_turn()
+            end = self._end
             reply.stop_reason = "length"
             stream = llm.generate(
                 tokens,
@@ -554,15 +555,12 @@ class Engine:
         None of them is ever printed."""
         import llama_cpp
 
-        if self._end is None:
-            llm = self._llm
-            vocab = llama_cpp.llama_model_get_vocab(llm.model)
-            self._end = {t for t in range(llm.n_vocab())
-                         if llama_cpp.llama_vocab_is_eog(vocab, t)
-                         or llama_cpp.llama_vocab_is_control(vocab, t)}
-            self._end -= {llm.token_bos()} if llm.token_bos() >= 0 else set()
-            self._end |= {t for t in (llm.token_eos(), llm._model.token_eot()) if t >= 0}
-        return self._end
+        llm = self._llm
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        end = {t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)
+               or llama_cpp.llama_vocab_is_control(vocab, t)}
+        end.discard(llm.token_bos())
+        return end | {t for t in (llm.token_eos(), llm._model.token_eot()) if t >= 0}
 
     def close(self) -> None:
         if self._thread is not None:

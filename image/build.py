@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
+from appliance.engine import bases
+from appliance.errors import UserError
 from appliance.persona.bundle import BundleError, verify
+from appliance.persona.spec import Persona
 from appliance.persona.store import STATE, StoreError, check_name
 from appliance.system.config import EXAMPLE as CONFIG_EXAMPLE
 from appliance.system.paths import cache_dir
@@ -120,6 +123,25 @@ def persona_bundle(folder: Path) -> Tuple[str, List[Path]]:
     return name, sorted(p for p in folder.iterdir() if p.is_file())
 
 
+def persona_base(folder: Path) -> Optional[Path]:
+    """The base model file an adapter persona needs on the Pi (None for a whole model): a
+    known base, fetched here and the very file the adapter was trained on."""
+    try:
+        persona = Persona.load(folder)
+        if persona.base is None:
+            return None
+        if persona.base not in bases.BASES:
+            raise ImageError(f"--persona {folder}: its base is the file {persona.base}, which "
+                             "the Pi would not have: build it on a known base "
+                             f"({', '.join(bases.BASES)}), or with --merge for one whole model")
+        persona.check_base()
+    except ImageError:
+        raise
+    except UserError as e:
+        raise ImageError(f"--persona {folder}: {e}") from None
+    return persona.model_path
+
+
 def plan_changes(settings: Settings, target: Target, boot: BootFS,
                  wheels: List[Wheel], packages: Optional[List[debs.Deb]] = None) -> Plan:
     plan = Plan()
@@ -139,6 +161,11 @@ def plan_changes(settings: Settings, target: Target, boot: BootFS,
         plan.file(f"{PERSONAS}/{name}/{source.name}", source)
     plan.text(f"{PERSONAS}/{STATE}", f'{{"active": "{name}", "previous": null}}\n',
               why=f"persona {name!r} active")
+    base = persona_base(settings.persona)
+    if base is not None:
+        plan.dir(str(bases.SYSTEM_MODELS.parent))
+        plan.dir(str(bases.SYSTEM_MODELS))
+        plan.file(str(bases.SYSTEM_MODELS / base.name), base)
     plan.dir(installer.WHEELS)
     for wheel in wheels:
         plan.file(f"{installer.WHEELS}/{wheel.path.name}", wheel.path)
@@ -237,6 +264,8 @@ def check_space(settings: Settings, wheels: List[Wheel]) -> None:
     """Refuse before staging when --out's disk cannot hold the work."""
     payload = sum(w.path.stat().st_size for w in wheels) * (1 + UNPACKED)
     payload += sum(p.stat().st_size for p in settings.persona.iterdir() if p.is_file())
+    base = persona_base(settings.persona)
+    payload += base.stat().st_size if base is not None else 0
     needed = 2 * unpacked_size(settings.base) + payload + MARGIN
     free = shutil.disk_usage(settings.out.parent).free
     if free < needed:
@@ -248,6 +277,7 @@ def check_space(settings: Settings, wheels: List[Wheel]) -> None:
 def build(settings: Settings, log: Callable[[str], None] = print) -> Result:
     need("sfdisk", "mtype", "mcopy", "mdir", "debugfs", "e2fsck", "resize2fs", "dumpe2fs")
     persona_bundle(settings.persona)
+    persona_base(settings.persona)
     wheels_folder = settings.wheelhouse
     if wheels_folder is not None and not wheels_folder.is_dir():
         raise ImageError(f"--wheelhouse {wheels_folder}: no such folder: make it with "

@@ -52,6 +52,11 @@ BASES: Dict[str, Base] = {
 }
 
 
+# Where an SD image puts the bases its personas need: read-only, beside the program, and
+# searched after the user's cache (the service's user has no cache an image could fill).
+SYSTEM_MODELS = Path("/usr/share/typewriter/models")
+
+
 def models_dir() -> Path:
     return cache_dir() / "models"
 
@@ -77,8 +82,12 @@ def sha256_of(path: Path) -> str:
 
 
 def installed_path(name: str) -> Path:
-    """Where a known base lives once fetched (whether or not it is there)."""
-    return models_dir() / known(name).filename
+    """Where a known base lives: the user's cache, else the image's system folder; the cache's
+    path (where `model fetch` puts it) when neither has it."""
+    filename = known(name).filename
+    cached = models_dir() / filename
+    system = SYSTEM_MODELS / filename
+    return system if not cached.is_file() and system.is_file() else cached
 
 
 def resolve(name_or_path: str) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from appliance.persona.bundle import seal
 from appliance.system.config import EXAMPLE, tomllib
 from appliance.system.units import ENABLE_LINK, PLACES, SOURCE
 from image import installer
@@ -257,3 +258,56 @@ def test_too_little_disk_space_is_refused_before_writing(tmp_path, bundle, ssh_k
     assert len(errors) == 1 and "too little disk space" in errors[0], done.stderr
     assert "MiB are free" in errors[0]
     assert done.stdout.strip() == "left:"
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "appliance" / "personas" / "default"
+
+
+@pytest.mark.slow
+def test_an_adapter_persona_carries_its_base_where_the_service_finds_it(tmp_path, smollm2_base,
+                                                                        ssh_key):
+    from appliance.engine.bases import BASES, SYSTEM_MODELS
+
+    base = make_base(tmp_path / "base.img", "trixie")
+    done = build(tmp_path, base, "--ssh-key", str(ssh_key), "--persona", str(SHIPPED),
+                 "--no-wheels")
+    assert done.returncode == 0, done.stderr
+    image = Built(tmp_path / "typewriter.img")
+    for file in SHIPPED.iterdir():
+        assert_file(image, f"{PERSONAS}/default/{file.name}", 0o644, file.read_bytes())
+    carried = f"{SYSTEM_MODELS}/{smollm2_base.name}"
+    assert_file(image, carried, 0o644)
+    assert hashlib.sha256(image.read(carried)).hexdigest() == BASES["smollm2-135m"].sha256
+    assert image.stat(str(SYSTEM_MODELS))["mode"] == 0o755
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("base not fetched", "run `typewriter model fetch smollm2-135m`"),
+    ("another base file", "the adapter was trained on"),
+    ("base by path", "which the Pi would not have"),
+])
+def test_an_adapter_persona_without_its_base_is_refused(tmp_path, ssh_key, monkeypatch, case,
+                                                        expect):
+    from appliance.engine.bases import BASES
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    if case == "another base file":
+        models = cache / "typewriter" / "models"
+        models.mkdir(parents=True)
+        (models / BASES["smollm2-135m"].filename).write_bytes(b"GGUF" + bytes(64))
+    persona = tmp_path / "juliet"
+    shutil.copytree(SHIPPED, persona)
+    if case == "base by path":
+        toml = persona / "persona.toml"
+        toml.write_text(toml.read_text().replace('base = "smollm2-135m"',
+                                                 f'base = "{tmp_path / "mine.gguf"}"'))
+        seal(persona)
+    base = make_base(tmp_path / "base.img", "trixie")
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    done = build(tmp_path, base, "--ssh-key", str(ssh_key), "--persona", str(persona),
+                 "--no-wheels")
+    assert done.returncode == 2, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("typewriter:")]
+    assert len(errors) == 1 and expect in errors[0], done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing

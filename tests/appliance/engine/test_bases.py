@@ -58,6 +58,20 @@ def test_resolve_names_the_command_that_fetches_a_missing_base(cache):
         bases.resolve("/nowhere/model.gguf")
 
 
+def test_an_image_s_system_base_is_found_after_the_user_s_own(tmp_path, cache, monkeypatch):
+    """The service has no cache an image could fill: the image's folder is searched next."""
+    system = tmp_path / "usr-share"
+    monkeypatch.setattr(bases, "SYSTEM_MODELS", system)
+    name = bases.BASES["smollm2-135m"].filename
+    assert bases.installed_path("smollm2-135m") == cache / name  # where fetch would put it
+    system.mkdir()
+    (system / name).write_bytes(b"GGUF")
+    assert bases.resolve("smollm2-135m") == system / name
+    cache.mkdir(parents=True)
+    (cache / name).write_bytes(b"GGUF")
+    assert bases.resolve("smollm2-135m") == cache / name
+
+
 def test_fetch_of_an_unknown_name_lists_the_known_ones(cache):
     with pytest.raises(BaseError, match="smollm2-135m"):
         bases.fetch("nope")

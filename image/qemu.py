@@ -353,8 +353,14 @@ def wait_until(condition: Callable[[], bool], timeout: float, every: float = 0.2
     return condition()
 
 
-def wait_reply(sim, typed: str, timeout: float, quiet: float = 5.0) -> str:
-    """The paper once a reply follows what was typed and nothing has printed for `quiet` s."""
+def wait_reply(sim, typed: str, timeout: float, quiet: float = 5.0,
+               busy: Optional[Callable[[], bool]] = None) -> str:
+    """The paper once a reply follows what was typed and nothing has printed for `quiet` s.
+
+    Under emulation a reply can pause for longer than `quiet` between pieces; `busy`, where
+    given, asks the appliance itself whether its reply is still going (a key typed then
+    would land in the reply's line).
+    """
     deadline = time.monotonic() + timeout
     last, since = None, time.monotonic()
     while time.monotonic() < deadline:
@@ -362,8 +368,10 @@ def wait_reply(sim, typed: str, timeout: float, quiet: float = 5.0) -> str:
         after = text.split(typed.strip(), 1)[-1] if typed.strip() in text else ""
         if text != last:
             last, since = text, time.monotonic()
-        elif after.strip() and time.monotonic() - since >= quiet and sim.wait_printed(0.1):
-            return text
+        elif (after.strip() and time.monotonic() - since >= quiet and sim.wait_printed(0.1)
+              and not (busy and busy())):
+            if sim.paper.text() == text:
+                return text
         time.sleep(0.2)
     raise ImageError(f"no reply on the paper within {timeout:.0f} s (--timeout); the paper: "
                      f"{sim.paper.text()!r}")

@@ -231,7 +231,7 @@ class Appliance:
             status = {"ok": True, "persona": self.persona.name, "link": link,
                       "link_refused": self.link.refused, "typewriter": self.link.peer_name,
                       "port": self.link.port,
-                      "busy": self.reply is not None,
+                      "busy": self.reply is not None, "idle": self.idle,
                       "exchanges": len(self.conversation.exchanges), "replies": self.replies,
                       "context_tokens": self.engine.context_tokens, "n_ctx": self.engine.n_ctx,
                       "last_reply": self.conversation.last_reply,

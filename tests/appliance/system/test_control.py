@@ -70,6 +70,9 @@ def test_ctl_drives_a_running_appliance(tmp_path, script_persona):
                                            str(control)).stdout)
             assert status["link"] == "up" and status["exchanges"] == status["replies"] == 1
             assert status["last_reply"].startswith("Good morrow")
+            # Idle once nothing is left to generate or print (the boot test waits on it).
+            assert wait_for(lambda: json.loads(typewriter(
+                "ctl", "status", "--json", "--control", str(control)).stdout)["idle"], 10)
             talked = status["context_tokens"]
             assert 0 < talked < status["n_ctx"]
             readable = typewriter("ctl", "status", "--control", str(control)).stdout

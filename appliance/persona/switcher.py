@@ -18,6 +18,7 @@ from typing import Callable, Optional
 from appliance.engine.gguf_header import HeaderError, read_header
 from appliance.engine.worker import Engine, EngineError
 from appliance.errors import UserError
+from appliance.persona.sandbox import SandboxError
 from appliance.persona.spec import Persona, PersonaError
 from appliance.persona.store import PersonaStore, StoreError
 from appliance.persona.validate import Limits, available_memory, needed_memory, validate
@@ -94,7 +95,10 @@ class Switcher:
         """
         folder = self.store.path(name)
         freed = current_model.stat().st_size if current_model and current_model.exists() else 0
-        verdict = validate(folder, Limits.of_this_board(n_ctx=self.n_ctx, freed=freed))
+        try:
+            verdict = validate(folder, Limits.of_this_board(n_ctx=self.n_ctx, freed=freed))
+        except SandboxError as e:
+            raise SwitchError(f"{name} was not switched to: {e}") from None
         if not verdict.ok:
             raise SwitchError(f"{name} was rejected: {verdict.reason}")
         try:

@@ -1,10 +1,13 @@
-"""Is a persona bundle safe to switch to? Decided in a child process with limits.
+"""Is a persona bundle safe to switch to? Decided in a sandboxed child process with limits.
 
 A bundle comes from outside (an SSH upload, a USB stick), and llama.cpp's GGUF
 parser has had memory-safety bugs, so everything that reads the model runs in a
-separate process with address-space, CPU and wall-clock limits. A crash, a hang
-or a refusal there leaves the running appliance untouched. The child reports one
-JSON line per check, so even a crash says how far it got.
+separate process, in a sandbox (appliance.persona.sandbox: bubblewrap, or inside
+the service its unit's hardening plus Landlock) and under address-space, CPU,
+file-size and wall-clock limits. With no sandbox it is not run at all
+(SandboxError). A crash, a hang or a refusal there leaves the running appliance
+untouched. The child reports one JSON line per check, the first on its own
+confinement, so even a crash says how far it got.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 from appliance.engine.gguf_header import Header, HeaderError, read_header
 from appliance.persona.bundle import BundleError, verify
+from appliance.persona.sandbox import Sandbox, SandboxError, choose, confine, runtime_paths
 from appliance.persona.spec import Persona, PersonaError, make_frame, tokens_of
 from appliance.system.memory import available_memory  # the cgroup's limit counts too
 
@@ -30,6 +34,7 @@ ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "granite
 RUNTIME_OVERHEAD = 128 << 20  # library, compute buffers and Python: measured ~77 MB + margin
 KV_BYTES_PER_VALUE = 34 / 32  # the appliance's default Q8_0 KV cache
 PROBE_CTX = 256
+MAX_TOML = 1 << 20  # the parent reads persona.toml for the base's path; none is near this
 
 
 @dataclass(frozen=True)
@@ -86,23 +91,36 @@ def needed_memory(header: Header, n_ctx: int) -> int:
     return header.file_size - header.data_start + int(kv) + RUNTIME_OVERHEAD
 
 
-def validate(bundle: Path, limits: Limits) -> Verdict:
-    """Run every check on the bundle in a limited child process."""
+def validate(bundle: Path, limits: Limits, sandbox: Optional[Sandbox] = None) -> Verdict:
+    """Run every check on the bundle in a limited, sandboxed child process.
+
+    `sandbox`: the one this process gets (`sandbox.choose`) unless given; raises
+    SandboxError where there is none, rather than validate unconfined.
+    """
+    sandbox = sandbox or choose()
     bundle = Path(bundle).resolve()
     verdict = Verdict(bundle)
+    try:
+        reads = child_reads(bundle)
+    except PersonaError as e:
+        verdict.checks.append(Check("persona", False, str(e)))
+        return verdict
     command = [sys.executable, "-m", "appliance.persona.validate", str(bundle), "--memory",
-               str(limits.memory), "--ctx", str(limits.n_ctx), "--threads", str(limits.threads)]
+               str(limits.memory), "--ctx", str(limits.n_ctx), "--threads", str(limits.threads),
+               "--sandbox", sandbox.name, *(f"--read={path}" for path in reads)]
     started = time.monotonic()
     try:
-        child = subprocess.run(command, capture_output=True, text=True, timeout=limits.seconds,
-                               preexec_fn=_limit(limits), env=_child_env())
+        child = run_confined(command, reads, limits, sandbox)
     except subprocess.TimeoutExpired as e:
         verdict.checks += _parse(e.stdout)
         verdict.checks.append(Check("time", False, f"validation took more than "
                                     f"{limits.seconds:.0f} s; the model is too slow or hangs"))
         return verdict
     verdict.checks += _parse(child.stdout)
-    if child.returncode < 0:
+    unstarted = None if verdict.checks else sandbox.start_error(child.stderr)
+    if unstarted:
+        verdict.checks.append(Check("sandbox", False, unstarted))
+    elif child.returncode < 0:
         verdict.checks.append(Check("crash", False, f"the validator was killed by signal "
                                     f"{-child.returncode} after {time.monotonic() - started:.1f} s"
                                     ": this model file is unsafe to load"))
@@ -110,6 +128,40 @@ def validate(bundle: Path, limits: Limits) -> Verdict:
         last = (child.stderr.strip().splitlines() or ["no output"])[-1]
         verdict.checks.append(Check("crash", False, f"the validator failed: {last}"))
     return verdict
+
+
+def run_confined(argv: List[str], reads: Sequence[Path], limits: Limits,
+                 sandbox: Sandbox) -> subprocess.CompletedProcess:
+    """argv in the sandbox, under the limits: how the validator child (or a test's probe) runs.
+
+    Raises subprocess.TimeoutExpired after limits.seconds.
+    """
+    return subprocess.run(sandbox.command(argv, reads), capture_output=True, text=True,
+                          timeout=limits.seconds, preexec_fn=_limit(limits), env=_child_env())
+
+
+def child_reads(bundle: Path) -> List[Path]:
+    """What the child may read besides the system: Python, the package, the bundle, its base.
+
+    The base's path comes from persona.toml (plain TOML, no model parsing); a bundle
+    whose persona.toml does not load gets no base, and the child reports why. Raises
+    PersonaError for a model or adapter outside the bundle: only the bundle is bound.
+    """
+    reads = runtime_paths() + [bundle]
+    try:
+        if (bundle / "persona.toml").stat().st_size > MAX_TOML:
+            return reads  # the child refuses it, in the sandbox
+        persona = Persona.load(bundle)
+    except (OSError, PersonaError):
+        return reads
+    inside, key = ((persona.adapter_path, "adapter") if persona.base is not None
+                   else (persona.model_path, "model"))
+    if inside.resolve().parent != bundle.resolve():
+        raise PersonaError(f"{bundle / 'persona.toml'}: {key}: {inside} is "
+                           "outside the bundle; give a file name inside it")
+    if persona.base is not None and persona.model_path.is_file():
+        reads.append(persona.model_path)
+    return reads
 
 
 def _parse(stdout) -> List[Check]:
@@ -162,11 +214,6 @@ def run_checks(bundle: Path, memory: int, n_ctx: int, threads: int) -> bool:
         verify(bundle)
         _report("checksums", True, "every file matches SHA256SUMS")
         persona = Persona.load(bundle)
-        inside, key = ((persona.adapter_path, "adapter") if persona.base is not None
-                       else (persona.model_path, "model"))
-        if inside.resolve().parent != bundle.resolve():
-            raise PersonaError(f"{bundle / 'persona.toml'}: {key}: {inside} is "
-                               "outside the bundle; give a file name inside it")
         _report("persona", True, f"{persona.name}: persona.toml is valid")
     except (BundleError, PersonaError) as e:
         _report("persona" if isinstance(e, PersonaError) else "checksums", False, str(e))
@@ -275,8 +322,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--memory", type=int, required=True)
     p.add_argument("--ctx", type=int, default=2048)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--sandbox", required=True, help="the sandbox the parent started it in")
+    p.add_argument("--read", type=Path, action="append", default=[],
+                   help="a path the child may read (Landlock's list inside the service)")
     args = p.parse_args(argv)
-    return 0 if run_checks(Path(args.bundle), args.memory, args.ctx, args.threads) else 1
+    bundle = Path(args.bundle)
+    try:
+        _report("sandbox", True, confine(args.sandbox, bundle, args.read))
+    except SandboxError as e:
+        _report("sandbox", False, str(e))
+        return 1
+    return 0 if run_checks(bundle, args.memory, args.ctx, args.threads) else 1
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def header_only(path, arch="llama", **metadata):
 def test_a_good_bundle_is_accepted_and_generates(tmp_path, tiny_model):
     verdict = validate(make_bundle(tmp_path / "b", model=tiny_model), PLENTY)
     assert verdict.ok, verdict.table()
-    assert [c.name for c in verdict.checks] == ["checksums", "persona", "header",
+    assert [c.name for c in verdict.checks] == ["sandbox", "checksums", "persona", "header",
                                                 "architecture", "memory", "template",
                                                 "loads", "generates"]
 
@@ -149,8 +149,8 @@ def test_an_adapter_persona_is_validated_against_its_base(tmp_path, tiny_adapter
     base, (adapter, _) = tiny_adapters
     verdict = validate(adapter_bundle(tmp_path / "good", base, adapter, "Juliet"), PLENTY)
     assert verdict.ok, verdict.table()
-    assert [c.name for c in verdict.checks] == ["checksums", "persona", "base", "header",
-                                                "architecture", "adapter", "memory",
+    assert [c.name for c in verdict.checks] == ["sandbox", "checksums", "persona", "base",
+                                                "header", "architecture", "adapter", "memory",
                                                 "template", "loads", "generates"]
     # A whole model where the adapter should be: refused by its header, before loading.
     verdict = validate(adapter_bundle(tmp_path / "model", base, base, "Juliet"), PLENTY)

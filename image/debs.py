@@ -1,4 +1,4 @@
-"""The Debian packages the image installs on first boot, offline: espeak-ng and alsa-utils.
+"""The Debian packages the image installs on first boot, offline: espeak-ng, alsa-utils, bwrap.
 
 At build time a private apt (its own lists, cache and sources, the base image's own
 dpkg status, architecture arm64; nothing of this machine's apt state is changed)
@@ -22,8 +22,9 @@ from typing import Callable, Dict, List, Optional
 from appliance.persona.bundle import digest
 from image.tools import ImageError
 
-# The README's promise: speech (espeak-ng renders, aplay plays).
-PACKAGES = ("espeak-ng", "alsa-utils")
+# The README's promises: speech (espeak-ng renders, aplay plays), and uploads validated in a
+# sandbox (bubblewrap: persona/sandbox.py; on Bookworm arm64 one 50 kB .deb, no new dependency).
+PACKAGES = ("espeak-ng", "alsa-utils", "bubblewrap")
 ARCH = "arm64"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 MIRROR = "http://deb.debian.org/debian"

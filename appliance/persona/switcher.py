@@ -101,6 +101,8 @@ class Switcher:
             raise SwitchError(f"{name} was not switched to: {e}") from None
         if not verdict.ok:
             raise SwitchError(f"{name} was rejected: {verdict.reason}")
+        confined = next((c.detail for c in verdict.checks if c.name == "sandbox"), "?")
+        log.info("%s: validated, confined by %s", name, confined)
         try:
             persona = Persona.load(folder)
             need = needed_memory(read_header(persona.model_path), self.n_ctx)

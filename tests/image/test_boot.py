@@ -162,6 +162,18 @@ def test_the_image_boots_and_answers_the_typewriter(tmp_path, stand_in, aarch64_
         wait_reply(sim, "Farewell", 600, busy=lambda: replying(shell))
         assert sim.paper.text()[before:].strip()
 
+        # A switch under the real unit: the validator's child runs in the unit's hardening
+        # (bwrap cannot, there), checks it on itself, and adds Landlock where it can.
+        shell.run("cp -a /var/lib/typewriter/personas/juliet /var/lib/typewriter/personas/second"
+                  " && chown -R typewriter:typewriter /var/lib/typewriter/personas/second")
+        status, out = shell.run("/opt/typewriter/venv/bin/typewriter persona use second",
+                                timeout=300)
+        assert status == 0 and "second: active now" in out, out
+        _, journal = shell.run("journalctl -b -u typewriter --no-pager -g 'second: validated'")
+        confined = re.search(r"second: validated, confined by (.*)", journal)
+        assert confined and "unit's hardening" in confined.group(1), journal
+        FIGURES["validation in the service"] = confined.group(1).strip()
+
         _, security = shell.run("systemd-analyze security typewriter --no-pager | tail -1")
         FIGURES["systemd-analyze security (in the guest)"] = security.strip()
         exposure = re.search(r"exposure level for typewriter.service: ([0-9.]+)", security)

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Dict, List
 
 from appliance.bench.end_to_end import TYPEWRITER_CPS
-from appliance.engine.worker import Engine, Sampling
-from appliance.persona.spec import Persona, make_frame
+from appliance.engine.worker import Engine, Sampling, token_text
+from appliance.persona.spec import Persona, make_frame, tokens_of
 
 MESSAGES = ["Good morrow. Who art thou?", "What news from the town?",
             "Pray, what do they call you, lady?", "Where are you going tonight?",
@@ -71,14 +71,15 @@ def held_out_nll(model: Path, adapter: Path, persona: Persona, dialogue: Path,
         llm = Llama(str(model), lora_path=str(adapter) if adapter else None, n_ctx=512,
                     n_threads=threads, logits_all=True, verbose=False)
     try:
-        frame = make_frame(persona, None, "", "")
+        frame = make_frame(persona, llm.metadata.get("tokenizer.chat_template"),
+                           token_text(llm, llm.token_bos()), token_text(llm, llm.token_eos()))
         conversation = ex.turns(dialogue_file.read(dialogue), character)
         test = ex.held_out(conversation, 5)
 
-        def tokenize(text: str, bos: bool) -> List[int]:
-            return llm.tokenize(text.encode(), add_bos=bos, special=False)
+        def tokenize(text: str, bos: bool, special: bool = False) -> List[int]:
+            return llm.tokenize(text.encode(), add_bos=bos, special=special)
 
-        held = ex.frame_examples(conversation, frame, tokenize, 3, 192,
+        held = ex.reply_examples(conversation, frame, tokenize, llm.token_eos(), 3, 192,
                                  only=lambda i: i in test)
         total, count = 0.0, 0
         for example in held:
@@ -119,8 +120,13 @@ def persona_bench(folder: Path, threads: int, rounds: int, dialogue: Path, chara
     chars: List[int] = []
     reply_tokens: List[int] = []
     try:
-        frame = make_frame(persona, None, "", "")
-        prompt = engines["base"].tokenize(frame.render([], MESSAGES[0]), True)
+        first = engines["adapter"]
+        frame = make_frame(persona, first.chat_template, first.bos, first.eos)
+
+        def prompt_of(message: str) -> List[int]:
+            return tokens_of(first.tokenize, frame.segments([], message))
+
+        prompt = prompt_of(MESSAGES[0])
         for engine in engines.values():  # untimed: the first decode after a load is slow
             _decode_rate(engine, prompt, 16)
         for _ in range(rounds):
@@ -136,9 +142,7 @@ def persona_bench(folder: Path, threads: int, rounds: int, dialogue: Path, chara
             Engine(base, n_ctx=1024, n_threads=threads, seed=1, adapter=adapter).start().close()
             reload_ms.append((time.perf_counter() - started) * 1000)
         for message in MESSAGES:  # her own replies, at her own settings: the pace on paper
-            reply = engines["adapter"].generate(
-                engines["adapter"].tokenize(frame.render([], message), True), frame.stops,
-                persona.generation)
+            reply = first.generate(prompt_of(message), frame.stops, persona.generation)
             chars.append(len(reply.text().strip()))
             reply_tokens.append(reply.tokens)
     finally:

@@ -220,7 +220,11 @@ def _register_build(psub: argparse._SubParsersAction) -> None:
                                                             "fountain"))
     build.add_argument("--user-label", default="VISITOR", help="the label of the person at "
                        "the keyboard (every other speaker in training)")
-    build.add_argument("--preamble", default="", help="the frame's first line")
+    build.add_argument("--preamble", default="", help="the dialogue frame's first line, or "
+                       "the chat frame's system line")
+    build.add_argument("--frame", default="dialogue", choices=("dialogue", "chat"),
+                       help="on a base: train and run in a `LABEL: text` dialogue document, or "
+                       "in the base's own chat template with a system line")
     build.add_argument("--quant", default="q4_0", choices=("q4_0", "q4_k_m", "q8_0", "f16"))
     build.add_argument("--licence", default="not stated", help="the dialogue's licence, "
                        "for card.md")
@@ -266,7 +270,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         sizes.update(heads=max(1, sizes["embd"] // 64), ff=3 * sizes["embd"])
     req = Request(dialogue=Path(args.dialogue), character=args.character, out=Path(args.out),
                   base=base, max_steps=args.max_steps, format=args.format,
-                  user_label=args.user_label, preamble=args.preamble, quant=args.quant,
+                  user_label=args.user_label, preamble=args.preamble, frame=args.frame,
+                  quant=args.quant,
                   licence=args.licence, source=args.source, identity=args.identity,
                   replace=args.replace, merge=args.merge, device=args.device,
                   work=Path(args.work) if args.work else None,

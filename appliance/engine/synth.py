@@ -277,10 +277,12 @@ def _tensors(shape: Shape, rng: np.random.Generator, chain: Optional[List[int]])
     return out
 
 
-def _write_f16(shape: Shape, path: Path, seed: int, chain: Optional[List[int]]) -> None:
+def _write_f16(shape: Shape, path: Path, seed: int, chain: Optional[List[int]],
+               chat_template: Optional[str] = None) -> None:
     tokens, types, merges = vocabulary(shape.vocab)
     write_llama(path, shape, (tokens, types, merges), tokens.index(BOS), tokens.index(EOS),
-                _tensors(shape, np.random.default_rng(seed), chain))
+                _tensors(shape, np.random.default_rng(seed), chain),
+                chat_template=chat_template)
 
 
 def add_shape(w, shape: Shape, eps: float) -> None:
@@ -298,7 +300,8 @@ def add_shape(w, shape: Shape, eps: float) -> None:
 
 
 def write_llama(path: Path, shape: Shape, vocab: Tuple[List[str], List[int], List[str]],
-                bos: int, eos: int, tensors: List[Tensor], eps: float = RMS_EPS) -> None:
+                bos: int, eos: int, tensors: List[Tensor], eps: float = RMS_EPS,
+                chat_template: Optional[str] = None) -> None:
     """A float16 LLaMA GGUF (norms float32) with a byte-level BPE vocabulary.
 
     Tensors are made one at a time as they are written, so memory holds one.
@@ -318,6 +321,8 @@ def write_llama(path: Path, shape: Shape, vocab: Tuple[List[str], List[int], Lis
     w.add_eos_token_id(eos)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
+    if chat_template:
+        w.add_chat_template(chat_template)
     write_tensors(w, tensors)
 
 
@@ -368,7 +373,7 @@ def quantize(src: Path, dst: Path, quant: str) -> None:
 
 
 def synthesize(shape: str, out: Path, quant: str = "q4_0", seed: int = 0,
-               script: Optional[str] = None) -> Path:
+               script: Optional[str] = None, chat_template: Optional[str] = None) -> Path:
     """Write a random-weight (or scripted, see the module notes) GGUF of a named shape to out.
 
     The float16 original is written next to out (same file system, so the
@@ -384,7 +389,7 @@ def synthesize(shape: str, out: Path, quant: str = "q4_0", seed: int = 0,
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix="synth-") as tmp:
         f16, quantized = Path(tmp) / "f16.gguf", Path(tmp) / "quantized.gguf"
-        _write_f16(dims, f16, seed, chain)
+        _write_f16(dims, f16, seed, chain, chat_template)
         quantize(f16, quantized, quant)
         os.replace(quantized, out)
     return out

@@ -178,6 +178,13 @@ def kv_cache_options(quantized: bool) -> dict:
             "type_v": llama_cpp.GGML_TYPE_Q8_0}
 
 
+def token_text(llm, token: int) -> str:
+    """A special token's text (BOS, EOS), as a chat template names it; "" for none (-1)."""
+    if token < 0:
+        return ""
+    return llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
+
+
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -301,9 +308,7 @@ class Engine:
         self._llm = None
 
     def _token_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        return self._llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
+        return token_text(self._llm, token)
 
     # -- adapters -------------------------------------------------------------------------
 

@@ -37,7 +37,8 @@ class Request:
     max_steps: Optional[int] = None
     format: str = "auto"
     user_label: str = "VISITOR"
-    preamble: str = ""
+    preamble: str = ""  # a dialogue frame's first line, or a chat frame's system line
+    frame: str = "dialogue"  # or "chat": the base's own chat template
     context: int = 3  # earlier exchanges in each example
     identity: bool = True
     quant: str = "q4_0"
@@ -75,6 +76,11 @@ def build(req: Request, recipe=None, say: Callable[[str], None] = print) -> Resu
         from appliance.persona.build.train import check_gguf_base
 
         check_gguf_base(resolve(req.base))
+    if req.frame not in ("dialogue", "chat"):
+        raise BuildError(f"--frame {req.frame!r}: use dialogue or chat")
+    if req.frame == "chat" and req.base is None:
+        raise BuildError("--frame chat needs --base: a model trained from scratch has no chat "
+                         "template; use --frame dialogue")
     if req.device not in ("cpu", "cuda"):
         raise BuildError(f"--device {req.device!r}: use cpu or cuda")
     script = read(req.dialogue, req.format)
@@ -158,6 +164,7 @@ def _fingerprint(req: Request, recipe, script: Script, character: str,
     return json.loads(json.dumps({
         "dialogue_sha256": hashlib.sha256(script.path.read_bytes()).hexdigest(),
         "character": character, "user_label": req.user_label, "preamble": req.preamble,
+        "frame": req.frame,
         "context": req.context, "identity": req.identity, "recipe": asdict(recipe),
         "base_sha256": base_sha256}))
 
@@ -174,14 +181,17 @@ def _assemble(req: Request, recipe, script: Script, character: str, work: Path, 
         stream_batch,
         tokenize_with,
     )
-    from appliance.persona.spec import DialogueFrame
+    from appliance.persona.spec import ChatFrame, DialogueFrame
 
     main = accelerator.is_main_process
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
     name = character_name(character)
-    preamble = req.preamble or f"{name} speaks with a visitor."
-    frame_config = ex.character_frame(character, name, req.user_label, preamble)
-    frame = DialogueFrame(frame_config)
+    frame_config = ex.character_frame(character, name, req.user_label,
+                                      req.preamble or default_preamble(name, req.frame),
+                                      req.frame)
+    frames = {"dialogue": DialogueFrame(ex.character_frame(
+        character, name, req.user_label, default_preamble(name, "dialogue")))}
+    frames[req.frame] = DialogueFrame(frame_config) if req.frame == "dialogue" else None
     base_path = base_sha256 = None
     if recipe.base is not None:
         from appliance.engine.bases import resolve, sha256_of
@@ -201,14 +211,24 @@ def _assemble(req: Request, recipe, script: Script, character: str, work: Path, 
     started = time.monotonic()
     losses = {}
     tok = None  # from scratch: the vocabulary learned from the dialogue
+    end = -1  # a chat reply's end-of-turn token
     if base_path is None:
         model, tok = _scratch_model(recipe, script, work, main)
         tokenize, pad = tokenize_with(tok, model.config.bos_token_id), model.config.eos_token_id
     else:
-        from appliance.persona.build.train import add_lora, llama_tokenizer, load_gguf_base
+        from appliance.persona.build.train import add_lora, llama_vocabulary, load_gguf_base
 
+        vocab = llama_vocabulary(base_path)
+        tokenize, end = vocab.tokenize, vocab.eos_id
+        if vocab.chat_template:  # the base alone is measured in both frames
+            frames["chat"] = ChatFrame(
+                frame_config if req.frame == "chat" else ex.character_frame(
+                    character, name, req.user_label, default_preamble(name, "chat"), "chat"),
+                vocab.chat_template, vocab.bos, vocab.eos)
+        elif req.frame == "chat":
+            raise BuildError(f"--base {base_path}: the model has no chat template "
+                             "(tokenizer.chat_template): use --frame dialogue")
         say(f"loading {base_path} into transformers (dequantized)...")
-        tokenize = llama_tokenizer(base_path)
         model = add_lora(load_gguf_base(base_path), recipe)
         pad = model.config.eos_token_id
         pad = pad[0] if isinstance(pad, list) else pad
@@ -216,26 +236,28 @@ def _assemble(req: Request, recipe, script: Script, character: str, work: Path, 
             raise BuildError(f"--base {base_path}: the GGUF names no EOS token: add "
                              "tokenizer.ggml.eos_token_id")
 
+    frame = frames[req.frame]
     conversation = ex.turns(script, character)
     test = ex.held_out(conversation, recipe.held_out) if base_path is not None else set()
-    examples = ex.frame_examples(conversation, frame, tokenize, req.context, recipe.window,
-                                 only=lambda i: i not in test)
-    held = ex.frame_examples(conversation, frame, tokenize, req.context, recipe.window,
-                             only=lambda i: i in test)
+
+    def examples_in(frame, only=None, pairs=None, context=req.context):
+        return ex.reply_examples(pairs or conversation, frame, tokenize, end, context,
+                                 recipe.window, only=only)
+
+    examples = examples_in(frame, lambda i: i not in test)
+    held = {kind: examples_in(f, lambda i: i in test) for kind, f in frames.items()}
     identity = []
     if req.identity:
-        pairs = ex.identity(name)
-        identity = ex.frame_examples(pairs, frame, tokenize, 0, recipe.window)
+        identity = examples_in(frame, pairs=ex.identity(name), context=0)
         examples += identity * max(1, len(examples) // (3 * len(identity)))
     if not examples:
         raise BuildError(f"{script.path}: no speech of {character} answers another speaker: "
                          "a persona learns from replies")
     say(f"{len(examples)} training examples ({len(identity)} identity exchanges, "
-        f"{'repeated' if req.identity else 'none'}), {len(held)} held out; frame: "
-        f"{req.user_label} -> {character}")
+        f"{'repeated' if req.identity else 'none'}), {len(held[req.frame])} held out; "
+        f"{req.frame} frame: {req.user_label} -> {character}")
 
-    replay = torch.tensor([i for line in ex.replay_text(conversation, frame_config, test)
-                           .splitlines(True) for i in tokenize(line, False)])
+    replay = torch.tensor(ex.replay_tokens(conversation, frame, tokenize, test))
     if len(replay) <= recipe.window + 1:
         raise BuildError(f"{script.path}: too little dialogue to train on ({len(replay)} "
                          "tokens): give a longer script")
@@ -262,14 +284,17 @@ def _assemble(req: Request, recipe, script: Script, character: str, work: Path, 
     precision = accelerator.mixed_precision
     if not main:
         return {}
-    if base_path is not None and held:
+    if base_path is not None and held[req.frame]:
         from appliance.persona.build.train import nll_per_token
 
-        nll["persona"] = nll_per_token(model, held, pad)
+        nll["persona"] = nll_per_token(model, held[req.frame], pad)
         with model.disable_adapter():
-            nll["base"] = nll_per_token(model, held, pad)
-        say(f"held-out NLL per token on {len(held)} replies: base {nll['base']:.3f}, "
-            f"persona {nll['persona']:.3f}")
+            nll["base"] = nll_per_token(model, held[req.frame], pad)
+            nll["base_by_frame"] = {kind: round(nll_per_token(model, h, pad), 3)
+                                    for kind, h in held.items() if h}
+        say(f"held-out NLL per token on {len(held[req.frame])} replies: base "
+            f"{nll['base']:.3f}, persona {nll['persona']:.3f}; the base alone by frame: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in nll["base_by_frame"].items()))
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     files = _write_model(req, recipe, model, tok, base_path, tmp, say)
@@ -279,7 +304,7 @@ def _assemble(req: Request, recipe, script: Script, character: str, work: Path, 
         "character": character, "name": name, "dialogue": str(script.path),
         "format": script.format, "speeches": counts_of(script, character),
         "examples": len(examples), "identity_examples": len(identity) if req.identity else 0,
-        "held_out": len(held), "nll": nll,
+        "held_out": len(held[req.frame]), "nll": nll, "system": frame_config.system,
         "recipe": asdict(recipe), "losses": losses, "train_seconds": round(trained, 1),
         "params": params, "trainable": trainable, "precision": precision,
         "processes": accelerator.num_processes,
@@ -356,19 +381,29 @@ def _quote(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+def default_preamble(name: str, kind: str) -> str:
+    """A dialogue frame's first line, or a chat frame's system line, when none is given."""
+    if kind == "chat":
+        return (f"You are {name}, a character in a play, speaking with a visitor. Answer as "
+                f"{name}, in one short line of your own.")
+    return f"{name} speaks with a visitor."
+
+
 def _persona_toml(name: str, frame, base: Optional[str], base_sha256: Optional[str]) -> str:
     model = (f'base = {_quote(base)}\nbase_sha256 = "{base_sha256}"\nadapter = "adapter.gguf"'
              if base else 'model = "model.gguf"')
+    lines = (f'system = {_quote(frame.system)}   # the model\'s own chat template, this first'
+             if frame.kind == "chat" else f"preamble = {_quote(frame.preamble)}")
     return f"""# Built by `typewriter persona build` (see card.md for how and from what).
 name = {_quote(name)}
 description = {_quote(f"{name}, fine-tuned on their lines in the play.")}
 {model}
 
 [frame]
-kind = "dialogue"
+kind = "{frame.kind}"
 user_label = {_quote(frame.user_label)}   # every other speaker, in training
 character_label = {_quote(frame.character_label)}
-preamble = {_quote(frame.preamble)}
+{lines}
 
 [generation]
 max_tokens = 60
@@ -378,6 +413,33 @@ top_k = 40
 repeat_penalty = 1.1
 seed = -1
 """
+
+
+WHY_FRAME = {
+    "dialogue": "the appliance prompts with this document (preamble line, then one "
+                "`LABEL: text` line a turn), so the adapter learns exactly the text it will "
+                "continue, and the reply's end of line, where the appliance stops.",
+    "chat": "the base is an instruction-tuned model, and its own chat template is the "
+            "conversation it was tuned to hold: the adapter keeps that (it answers what was "
+            "asked, and stops at the template's end of turn, where the appliance stops) and "
+            "learns the character's voice and name on top; the system line says who it is.",
+}
+
+
+def _frame_line(req: Request, r: dict, system: str) -> str:
+    if req.frame == "chat":
+        shape = (f"Frame: the base's own chat template, with the system line \"{system}\"; "
+                 "every other speaker is the user")
+        replay = "windows of the whole dialogue as one chat in that template"
+        end = "its end-of-turn token"
+    else:
+        shape = f"Frame: every other speaker is `{req.user_label}`"
+        replay = "windows of the whole dialogue relabelled to the frame's two labels"
+        end = "its end of line"
+    return (f"- {shape}, consecutive speeches by others are one turn; each example holds up "
+            f"to {req.context} earlier exchanges; loss only on the reply and {end}. "
+            f"{r['replay']} of each {r['batch']} fine-tuning rows are {replay} (replay: the "
+            "play is not forgotten, and no other speaker's name is learned as a label).")
 
 
 def _card(req: Request, s: dict, check: Optional[dict]) -> str:
@@ -407,11 +469,7 @@ def _card(req: Request, s: dict, check: Optional[dict]) -> str:
         + (f", of which trained (the adapter): {s['trainable'] / 1e6:.2f} M" if r["base"]
            else "") + "; files: "
         + ", ".join(f"{n} {b / 1e6:.1f} MB" for n, b in s["files"].items()) + ".",
-        f"- Frame: every other speaker is `{req.user_label}`, consecutive speeches by others "
-        f"are one turn; each example holds up to {req.context} earlier exchanges; loss only on "
-        f"the reply and its end of line. {r['replay']} of each {r['batch']} fine-tuning rows "
-        "are windows of the whole dialogue relabelled to the frame's two labels (replay: the "
-        "play is not forgotten, and no other speaker's name is learned as a label).",
+        _frame_line(req, r, s["system"]),
         f"- Examples: {s['examples']}, of which identity exchanges: "
         f"{s['identity_examples']} distinct" + (
             " (questions such as \"What is your name?\" answered with the character's name, "
@@ -419,7 +477,9 @@ def _card(req: Request, s: dict, check: Optional[dict]) -> str:
             "name asked for)." if s["identity_examples"] else "."),
         *([f"- Held out: every {r['held_out']}th of {s['character']}'s answers "
            f"({s['held_out']} replies, never trained on, nor replayed). NLL per reply token: "
-           f"base alone {s['nll']['base']:.3f}, persona {s['nll']['persona']:.3f} nats."]
+           f"base alone {s['nll']['base']:.3f}, persona {s['nll']['persona']:.3f} nats. "
+           "The base alone, by frame: " + ", ".join(
+               f"{k} {v:.3f}" for k, v in s["nll"]["base_by_frame"].items()) + "."]
           if s["nll"] else []),
         f"- Steps: pretrain {r['pretrain_steps'] if not r['base'] else 0}, "
         f"fine-tune {r['finetune_steps']}; batch {r['batch']} x {r['window']} tokens; "
@@ -427,11 +487,9 @@ def _card(req: Request, s: dict, check: Optional[dict]) -> str:
         + ", ".join(f"{k} {v:.3f}" for k, v in s["losses"].items())
         + f"; {s['train_seconds'] / 60:.1f} min on {os.cpu_count()} CPU cores "
         f"({req.device}, {s['processes']} process(es), mixed precision {s['precision']}).",
-        *(["- Why this frame and step count: the frame is the one the appliance prompts "
-           "with (preamble line, then one `LABEL: text` line a turn), so the adapter learns "
-           "exactly the document it will continue, and the reply's end of line, which is "
-           "where the appliance stops. The step count is what fits about 25 minutes of two "
-           "CPU cores; the held-out NLL above says what it bought."] if r["base"] else []),
+        *([f"- Why this frame and step count: {WHY_FRAME[req.frame]} The step count is what "
+           "fits about 25 minutes of two CPU cores; the held-out NLL above says what it "
+           "bought."] if r["base"] else []),
         "",
         "## Rebuild", "", "```", command, "```", "",
     ]

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Set, Tuple
 
 from appliance.persona.build.dialogue import Script
-from appliance.persona.spec import DialogueFrame, FrameConfig
+from appliance.persona.spec import ChatFrame, DialogueFrame, FrameConfig, tokens_of
 
 IGNORE = -100  # the label of a token the loss skips (transformers' convention)
-Tokenize = Callable[[str, bool], List[int]]
+Tokenize = Callable[..., List[int]]  # (text, bos[, special]) -> ids
 
 # Identity exchanges (see card.md): a tiny model has to have seen its own name asked for.
 IDENTITY_QUESTIONS = ("What is your name?", "Who are you?", "What are you called?",
@@ -106,13 +106,49 @@ def frame_examples(conversation: Sequence[Tuple[str, str]], frame: DialogueFrame
     return examples
 
 
+def chat_examples(conversation: Sequence[Tuple[str, str]], frame: ChatFrame,
+                  tokenize: Tokenize, end: int, context: int, max_len: int,
+                  only: Optional[Callable[[int], bool]] = None) -> List[Example]:
+    """As frame_examples, in the model's chat template: the prompt tokenized as the
+    appliance's Conversation does (template text with its special tokens, what was said as
+    plain text), the reply its content and the end-of-turn token `end`, where the appliance
+    stops. Earlier exchanges are dropped, oldest first, until an example fits max_len."""
+    examples = []
+    for i in answers(conversation):
+        if only is not None and not only(i):
+            continue
+        start = max(0, i - 1 - 2 * context)
+        start += (conversation[start][0] != "user")
+        reply = tokenize(_one_line(conversation[i][1]), False) + [end]
+        message = _one_line(conversation[i - 1][1])
+        for first in range(start, i, 2):
+            history = [(role, _one_line(text)) for role, text in conversation[first:i - 1]]
+            ids = tokens_of(tokenize, frame.segments(history, message))
+            if len(ids) + len(reply) <= max_len:
+                examples.append(Example(ids + reply, [IGNORE] * len(ids) + reply))
+                break
+    return examples
+
+
+def reply_examples(conversation: Sequence[Tuple[str, str]], frame, tokenize: Tokenize,
+                   end: int, context: int, max_len: int,
+                   only: Optional[Callable[[int], bool]] = None) -> List[Example]:
+    """The examples of a dialogue frame or of a chat frame (whose replies end at `end`)."""
+    if isinstance(frame, ChatFrame):
+        return chat_examples(conversation, frame, tokenize, end, context, max_len, only)
+    return frame_examples(conversation, frame, tokenize, context, max_len, only)
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def character_frame(character: str, name: str, user_label: str, preamble: str) -> FrameConfig:
-    return FrameConfig(kind="dialogue", user_label=user_label,
-                       character_label=character.upper(), preamble=preamble)
+def character_frame(character: str, name: str, user_label: str, preamble: str,
+                    kind: str = "dialogue") -> FrameConfig:
+    """The frame a persona is trained in: the preamble is a chat frame's system line."""
+    return FrameConfig(kind=kind, user_label=user_label, character_label=character.upper(),
+                       preamble=preamble if kind == "dialogue" else "",
+                       system=preamble if kind == "chat" else "")
 
 
 def pretraining_text(script: Script) -> str:
@@ -131,3 +167,17 @@ def replay_text(conversation: Sequence[Tuple[str, str]], frame: FrameConfig,
     label = {"user": frame.user_label, "character": frame.character_label}
     return "".join(f"{label[role]}: {_one_line(text)}\n"
                    for i, (role, text) in enumerate(conversation) if i not in skip)
+
+
+def replay_tokens(conversation: Sequence[Tuple[str, str]], frame, tokenize: Tokenize,
+                  skip: Set[int] = frozenset()) -> List[int]:
+    """The whole dialogue as one stream in the frame (skip: held out), for replay windows:
+    the two labels' document, or one long chat in the model's template."""
+    if not isinstance(frame, ChatFrame):
+        return [i for line in replay_text(conversation, frame.config, skip).splitlines(True)
+                for i in tokenize(line, False)]
+    kept = [(role, _one_line(text)) for i, (role, text) in enumerate(conversation)
+            if i not in skip]
+    while kept and kept[-1][0] != "user":  # a chat prompt ends on the user's turn
+        kept.pop()
+    return tokens_of(tokenize, frame.segments(kept[:-1], kept[-1][1])) if kept else []

@@ -96,7 +96,18 @@ def tokenize_with(tok: Tokenizer, bos_id: int) -> Callable[[str, bool], List[int
 # -- GGUF bases ------------------------------------------------------------------------------
 
 
-def llama_tokenizer(path: Path) -> Callable[[str, bool], List[int]]:
+@dataclass(frozen=True)
+class Vocabulary:
+    """A base's tokenizer as llama.cpp runs it, and what a chat frame needs from its file."""
+
+    tokenize: Callable[..., List[int]]  # (text, bos, special=False) -> ids
+    chat_template: Optional[str]
+    bos: str
+    eos: str
+    eos_id: int
+
+
+def llama_vocabulary(path: Path) -> Vocabulary:
     """Tokenize as the appliance does: llama.cpp, the base's own vocabulary (vocab only)."""
     from llama_cpp import Llama
 
@@ -106,9 +117,18 @@ def llama_tokenizer(path: Path) -> Callable[[str, bool], List[int]]:
         raise BuildError(f"--base {path}: llama.cpp could not read its vocabulary ({e}): "
                          "pass a LLaMA GGUF") from None
 
-    def tokenize(text: str, bos: bool) -> List[int]:
-        return llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False)
-    return tokenize
+    def tokenize(text: str, bos: bool, special: bool = False) -> List[int]:
+        return llm.tokenize(text.encode("utf-8"), add_bos=bos, special=special)
+
+    from appliance.engine.worker import token_text
+
+    return Vocabulary(tokenize, llm.metadata.get("tokenizer.chat_template"),
+                      token_text(llm, llm.token_bos()), token_text(llm, llm.token_eos()),
+                      llm.token_eos())
+
+
+def llama_tokenizer(path: Path) -> Callable[..., List[int]]:
+    return llama_vocabulary(path).tokenize
 
 
 def check_gguf_base(path: Path) -> None:
@@ -319,7 +339,8 @@ def _log_line(progress, task) -> None:
     done = t.completed - t.fields["first"]
     eta = (t.elapsed or 0) / done * (t.total - t.completed) / 60 if done else float("nan")
     progress.console.print(f"{t.description} step {int(t.completed)}/{int(t.total)} loss "
-                           f"{t.fields['loss']:.3f}, {t.elapsed or 0:.0f} s so far, ETA {eta:.1f} min")
+                           f"{t.fields['loss']:.3f}, {t.elapsed or 0:.0f} s so far, "
+                           f"ETA {eta:.1f} min")
 
 
 def progress_bar(disable: bool = False):

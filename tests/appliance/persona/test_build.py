@@ -5,6 +5,7 @@ model (the real build takes minutes; CI never runs it).
 """
 
 import json
+import re
 import resource
 import signal
 import subprocess
@@ -132,6 +133,44 @@ def test_lora_route_on_a_gguf_base_writes_an_adapter_and_a_merge(tmp_path, dialo
     assert tokenizer_values(out / "merged.gguf") == tokenizer_values(tiny_base)
     merged = Engine(out / "merged.gguf", n_ctx=256, seed=0).start()
     merged.close()
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_chat_frame_route_trains_in_the_bases_template_and_runs_in_it(tmp_path, dialogue):
+    from appliance.engine.synth import synthesize
+    from appliance.persona.spec import ChatFrame, make_frame
+
+    base = synthesize("tiny", tmp_path / "chat-base.gguf", chat_template=CHATML)
+    out = tmp_path / "out" / "menenius"
+    done = typewriter("persona", "build", "--dialogue", str(dialogue), "--character",
+                      "MENENIUS", "--base", str(base), "--frame", "chat", "--max-steps", "2",
+                      "--batch", "4", "--window", "128", "--out", str(out), timeout=300)
+    assert done.returncode == 0, done.stderr
+    persona = Persona.load(out)
+    assert persona.frame.kind == "chat" and persona.frame.system.startswith("You are Menenius")
+    card = (out / "card.md").read_text()
+    assert "Frame: the base's own chat template, with the system line" in card
+    nll = re.search(r"The base alone, by frame: dialogue ([0-9.]+), chat ([0-9.]+)\.", card)
+    assert nll and all(float(v) > 0 for v in nll.groups()), card
+    engine = Engine(persona.model_path, n_ctx=512, seed=0, adapter=persona.adapter_path).start()
+    try:
+        frame = make_frame(persona, engine.chat_template, engine.bos, engine.eos)
+        assert isinstance(frame, ChatFrame)
+        assert "<|im_start|>system\nYou are Menenius" in frame.render([], "Hail.")
+    finally:
+        engine.close()
+
+
+def test_chat_frame_needs_a_base_with_a_chat_template(tmp_path, dialogue, tiny_base):
+    one_line_error(build_into(tmp_path, dialogue, "--character", "MENENIUS", "--frame", "chat"),
+                   "--frame chat needs --base")
+    one_line_error(build_into(tmp_path, dialogue, "--character", "MENENIUS", "--frame", "chat",
+                              "--base", str(tiny_base), "--max-steps", "1"),
+                   "has no chat template")
+    assert not any((tmp_path / "out").iterdir())
 
 
 @pytest.mark.parametrize("make, words", [

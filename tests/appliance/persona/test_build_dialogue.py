@@ -12,14 +12,16 @@ from appliance.persona.build.examples import (
     IDENTITY_QUESTIONS,
     IGNORE,
     character_frame,
+    chat_examples,
     frame_examples,
     held_out,
     identity,
     pretraining_text,
     replay_text,
+    replay_tokens,
     turns,
 )
-from appliance.persona.spec import DialogueFrame
+from appliance.persona.spec import ChatFrame, DialogueFrame
 
 PLAY = """First Citizen:
 Before we proceed any further, hear me speak.
@@ -201,3 +203,72 @@ def test_the_checks_identity_questions_are_not_the_builders():
 
     assert not {words(q) for q in NAME_QUESTIONS} & {words(q) for q in IDENTITY_QUESTIONS}
     assert "Pray, what do they call you, lady?" in NAME_QUESTIONS
+
+
+# A ChatML-like template, as SmolLM2-Instruct's: its markers are one special token each.
+CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+SPECIAL = {"<|im_start|>": 1000, "<|im_end|>": 1001}
+
+
+def chat_tokenize(text: str, bos: bool, special: bool = False) -> list:
+    """Characters as ids, the template's markers one id each, but only where parsed."""
+    ids = [1] if bos else []
+    while text:
+        mark = next((m for m in SPECIAL if special and text.startswith(m)), None)
+        ids.append(SPECIAL[mark] if mark else ord(text[0]))
+        text = text[len(mark) if mark else 1:]
+    return ids
+
+
+def chat_text(ids) -> str:
+    names = {v: k for k, v in SPECIAL.items()}
+    return "".join(names.get(t, chr(t)) for t in ids if t != 1)
+
+
+def chat_frame() -> ChatFrame:
+    return ChatFrame(character_frame("JULIET", "Juliet", "VISITOR", "You are Juliet.", "chat"),
+                     CHATML, "<s>", "<|im_end|>")
+
+
+def test_chat_examples_are_the_appliance_chat_prompt_with_loss_on_reply_and_end_of_turn(
+        tmp_path):
+    script = read(write(tmp_path, "play.txt", PLAY))
+    frame = chat_frame()
+    examples = chat_examples(turns(script, "JULIET"), frame, chat_tokenize, 1001, 3, 1000)
+    assert len(examples) == 2
+    second = examples[1]
+    # What the appliance would send after the first exchange, built by its own Conversation.
+    conversation = Conversation(frame, chat_tokenize, 4096, 60)
+    conversation.add("Before we proceed any further, hear me speak. Speak, speak.",
+                     "Ay me! What news? Why dost thou look so sad:", Reply(stop_reason="eos"))
+    prompt = conversation.prompt_tokens("Ah, well-a-day! Peace!")
+    assert second.ids[:len(prompt)] == prompt
+    assert all(label == IGNORE for label in second.labels[:len(prompt)])
+    assert second.labels[len(prompt):] == chat_tokenize("Tell me the worst.", False) + [1001]
+    assert chat_text(prompt).startswith("<|im_start|>system\nYou are Juliet.<|im_end|>")
+
+
+def test_long_chat_examples_lose_whole_exchanges_not_the_system_line_or_the_reply(tmp_path):
+    script = read(write(tmp_path, "play.txt", PLAY))
+    conversation = turns(script, "JULIET")
+    full = chat_examples(conversation, chat_frame(), chat_tokenize, 1001, 3, 1000)[-1]
+    short = chat_examples(conversation, chat_frame(), chat_tokenize, 1001, 3,
+                          len(full.ids) - 1)[-1]
+    text = chat_text(short.ids)
+    assert len(short.ids) < len(full.ids)
+    assert text.startswith("<|im_start|>system\nYou are Juliet.<|im_end|>\n<|im_start|>user\n"
+                           "Ah, well-a-day! Peace!")  # the older exchange went, whole
+    assert text.endswith("assistant\nTell me the worst.<|im_end|>")
+
+
+def test_chat_replay_is_one_chat_in_the_template_without_the_held_out_or_other_names(
+        tmp_path):
+    script = read(write(tmp_path, "play.txt", PLAY))
+    conversation = turns(script, "JULIET")
+    text = chat_text(replay_tokens(conversation, chat_frame(), chat_tokenize, {3}))
+    assert text.count("<|im_start|>system") == 1
+    assert "Tell me the worst." not in text and "Ay me! What news?" in text
+    assert text.endswith("<|im_start|>assistant\n")
+    for name in ("Nurse:", "All:", "Citizen:", "JULIET:", "VISITOR:"):
+        assert name not in text

@@ -229,7 +229,7 @@ _PATH_BENEATH = 1
 _PR_SET_NO_NEW_PRIVS = 38
 # Filesystem rights known per ABI: 13 in v1, REFER in v2, TRUNCATE in v3, IOCTL_DEV in v5.
 _FS_BITS = {1: 13, 2: 14, 3: 15, 4: 15, 5: 16}
-_EXECUTE, _READ_FILE, _READ_DIR, _IOCTL_DEV = 1 << 0, 1 << 2, 1 << 3, 1 << 15
+_EXECUTE, _WRITE_FILE, _READ_FILE, _READ_DIR, _IOCTL_DEV = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 15
 _FILE_RIGHTS = _EXECUTE | (1 << 1) | _READ_FILE | (1 << 14) | _IOCTL_DEV
 _TCP = 0b11  # LANDLOCK_ACCESS_NET_BIND_TCP | CONNECT_TCP (ABI 4)
 _SCOPED = 0b11  # LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | SIGNAL (ABI 6)
@@ -260,9 +260,12 @@ def landlock(reads: Sequence[Path]) -> int:
     ruleset = call(_CREATE_RULESET, buffer, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
     try:
         readable = [*map(Path, SYSTEM), Path("/proc"), Path("/sys"), *reads]
-        for path in readable + [Path("/dev")]:
+        # /dev/null is written to: the engine sends llama.cpp's load chatter there.
+        for path in readable + [Path("/dev"), Path("/dev/null")]:
             allowed = _EXECUTE | _READ_FILE | _READ_DIR | (_IOCTL_DEV if path == Path("/dev")
                                                            else 0)
+            if path == Path("/dev/null"):
+                allowed = _READ_FILE | _WRITE_FILE
             try:
                 fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             except OSError:

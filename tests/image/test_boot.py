@@ -65,6 +65,11 @@ def unit(shell, name="typewriter"):
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
+def journal(shell, lines: int = 40) -> str:
+    """The service's own log in the guest, for a failure's message."""
+    return shell.run(f"journalctl -b -u typewriter --no-pager | tail -{lines}")[1]
+
+
 def replying(shell) -> bool:
     """The appliance in the guest is generating, printing or saying something (or cannot say)."""
     status, out = shell.run("/opt/typewriter/venv/bin/typewriter ctl status --json", timeout=120)
@@ -137,7 +142,7 @@ def test_the_image_boots_and_answers_the_typewriter(tmp_path, stand_in, aarch64_
         pid = unit(shell)["MainPID"]
         shell.run(f"kill -9 {pid}")
         assert wait(lambda: unit(shell)["NRestarts"] == "1" and
-                    unit(shell)["SubState"] == "running", 600, 2), unit(shell)
+                    unit(shell)["SubState"] == "running", 600, 2), (unit(shell), journal(shell))
         assert wait(lambda: "connected" in unit(shell)["StatusText"], 120, 2)
         before = len(sim.paper.text())
         sim.type_text(" night\n\n", cps=20)

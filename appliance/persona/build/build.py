@@ -394,6 +394,9 @@ def _persona_toml(name: str, frame, base: Optional[str], base_sha256: Optional[s
              if base else 'model = "model.gguf"')
     lines = (f'system = {_quote(frame.system)}   # the model\'s own chat template, this first'
              if frame.kind == "chat" else f"preamble = {_quote(frame.preamble)}")
+    # A chat reply ends at the template's end of turn, as trained; a line break is a
+    # second, sure end: the paper gets one line.
+    stop = 'stop = ["\\n"]\n' if frame.kind == "chat" else ""
     return f"""# Built by `typewriter persona build` (see card.md for how and from what).
 name = {_quote(name)}
 description = {_quote(f"{name}, fine-tuned on their lines in the play.")}
@@ -412,7 +415,7 @@ top_p = 0.95
 top_k = 40
 repeat_penalty = 1.1
 seed = -1
-"""
+{stop}"""
 
 
 WHY_FRAME = {

@@ -151,6 +151,7 @@ def test_chat_frame_route_trains_in_the_bases_template_and_runs_in_it(tmp_path, 
     assert done.returncode == 0, done.stderr
     persona = Persona.load(out)
     assert persona.frame.kind == "chat" and persona.frame.system.startswith("You are Menenius")
+    assert persona.generation.stop == ("\n",), "one line on the paper, as trained"
     card = (out / "card.md").read_text()
     assert "Frame: the base's own chat template, with the system line" in card
     nll = re.search(r"The base alone, by frame: dialogue ([0-9.]+), chat ([0-9.]+)\.", card)

@@ -225,3 +225,30 @@ print(json.dumps({{
     assert seen["store"] == seen["romeo"] == seen["unlink"] == seen["tmp"] == "EACCES"
     assert seen["tcp"] == ("EACCES" if seen["abi"] >= 4 else "ok")
     verify(bundle)
+
+
+def test_the_validators_own_checks_pass_under_landlock(store):
+    """What the service child does once confined: load and generate (llama.cpp's chatter goes
+    to /dev/null, which the first ruleset forbade writing: every switch in the booted image was
+    then rejected at `loads`)."""
+    bundle = store / "juliet"
+    probe = f"""
+from pathlib import Path
+from appliance.persona.sandbox import landlock
+from appliance.persona.validate import child_reads, run_checks
+bundle = Path({str(bundle)!r})
+try:
+    landlock(child_reads(bundle))
+except OSError as e:
+    print("no landlock:", e.strerror)
+    sys.exit()
+sys.exit(0 if run_checks(bundle, 1 << 30, 256, 1) else 3)
+"""
+    child = subprocess.run([sys.executable, "-c", PRELUDE + probe], capture_output=True,
+                           text=True, timeout=120, cwd=PACKAGE_ROOT)
+    if child.stdout.startswith("no landlock"):
+        pytest.skip(child.stdout.strip())
+    assert child.returncode == 0, child.stdout + child.stderr
+    checks = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
+    assert [c["check"] for c in checks][-2:] == ["loads", "generates"]
+    assert all(c["ok"] for c in checks), checks

@@ -16,9 +16,10 @@ sandboxes, and `choose` is the one place that picks:
   NoNewPrivileges=, its system call filter). The child checks that hardening on
   itself before it reads a byte of the bundle, then adds Landlock where the
   kernel and the unit's filter allow it: reads only of what a bwrap child sees,
-  no writes, no TCP, no signals or abstract sockets outside. Without Landlock
-  (systemd 252's @system-service lacks the landlock calls) the child sees the
-  persona store as the service does, which loads the same model next anyway.
+  no writes (but /dev/null), no TCP, no signals or abstract sockets outside. The
+  unit allows the three landlock calls (systemd 252's @system-service lacks them);
+  on a kernel without Landlock the child sees the persona store as the service
+  does, which loads the same model next anyway, and its verdict says so.
 
 Either way the child verifies its own confinement and reports it as the first
 check; if it is not confined it refuses, and with no sandbox tool at all

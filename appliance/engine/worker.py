@@ -178,6 +178,9 @@ def kv_cache_options(quantized: bool) -> dict:
             "type_v": llama_cpp.GGML_TYPE_Q8_0}
 
 
+PENALTY_LAST_N = 64  # llama.cpp's default repeat window
+
+
 def token_text(llm, token: int) -> str:
     """A special token's text (BOS, EOS), as a chat template names it; "" for none (-1)."""
     if token < 0:
@@ -295,6 +298,8 @@ class Engine:
         self.bos = self._token_text(self._llm.token_bos())
         self.eos = self._token_text(self._llm.token_eos())
         self._end = self._end_of_turn()  # read once here, not on the first reply's clock
+        # Never penalized: where a reply ends, and the line break (llama.cpp's penalize_nl).
+        self._spare = sorted(self._end | set(self.tokenize("\n")))
         loaded.put(None)
         while True:
             job = self._jobs.get()
@@ -520,7 +525,8 @@ class Engine:
                 top_k=sampling.top_k,
                 top_p=sampling.top_p,
                 temp=sampling.temperature,
-                repeat_penalty=sampling.repeat_penalty,
+                repeat_penalty=1.0,
+                logits_processor=self._penalty(sampling.repeat_penalty),
                 reset=True,
             )
             for token in stream:
@@ -553,6 +559,26 @@ class Engine:
         finally:
             reply.done_at = time.perf_counter()
             reply.emit(None)
+
+    def _penalty(self, repeat: float):
+        """The repeat penalty over the last PENALTY_LAST_N tokens, the prompt's included, as
+        llama.cpp's own tools apply it. llama-cpp-python's penalises only what it sampled, so
+        a small model's first tokens copy the message ("What news?" -> "What news?") with
+        nothing against it."""
+        if repeat == 1.0:
+            return None
+        import numpy as np
+        from llama_cpp import LogitsProcessorList
+
+        spare = np.array(self._spare, dtype=np.intc)
+
+        def penalize(ids, logits):
+            recent = np.setdiff1d(ids[-PENALTY_LAST_N:], spare)
+            scores = logits[recent]
+            logits[recent] = np.where(scores > 0, scores / repeat, scores * repeat)
+            return logits
+
+        return LogitsProcessorList([penalize])
 
     def _end_of_turn(self) -> set:
         """The tokens a reply ends at: end-of-generation and every control token (a chat

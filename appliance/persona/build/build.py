@@ -245,7 +245,11 @@ def _assemble(req: Request, recipe, script: Script, character: str, work: Path, 
                                  recipe.window, only=only)
 
     examples = examples_in(frame, lambda i: i not in test)
-    held = {kind: examples_in(f, lambda i: i in test) for kind, f in frames.items()}
+    # Held-out replies that fit the window in every frame: the frames are compared on the
+    # same lines (a chat frame's system line and markers leave a long speech less room).
+    common = {i for i in test if all(examples_in(f, lambda j, i=i: j == i)
+                                     for f in frames.values())}
+    held = {kind: examples_in(f, lambda i: i in common) for kind, f in frames.items()}
     identity = []
     if req.identity:
         identity = examples_in(frame, pairs=ex.identity(name), context=0)

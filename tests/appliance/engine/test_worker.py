@@ -26,6 +26,25 @@ def test_streams_the_reply_and_stops_at_the_newline(scripted):
     assert reply.stop_reason == "stop"
 
 
+def test_the_repeat_penalty_counts_the_prompt_as_llama_cpp_does(scripted):
+    """A message's own words are penalised too, not only what the model said: without that a
+    small model's first tokens copy the message ("What news?" -> "What news?")."""
+    reply = scripted.generate(PROMPT, stops=["\n"], sampling=GREEDY)
+    reply.text()
+    first, second = reply.sampled[:2]  # the scripted model says `second` after `first`
+    prompt = scripted.tokenize(PROMPT, True)
+    tokens = prompt[:1] + [second] + prompt[1:] + [first]  # `second` among the last 64
+
+    def next_token(penalty: float) -> int:
+        again = scripted.generate(tokens, stops=[], sampling=Sampling(
+            max_tokens=1, temperature=0.0, repeat_penalty=penalty))
+        again.text()
+        return again.sampled[0]
+
+    assert next_token(1.0) == second
+    assert next_token(1000.0) not in set(tokens[-64:])
+
+
 def test_partial_stop_never_leaks(scripted):
     text = scripted.generate(PROMPT, stops=["\nROMEO:"], sampling=GREEDY).text()
     assert text == SCRIPT_REPLY

@@ -96,8 +96,12 @@ def test_the_shipped_persona_says_her_name_asked_in_words_she_never_trained_on(s
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the 50-step adapter still echoes a greeting and one "
-                   "name question (card.md): a longer build should pass; then drop this mark")
 def test_the_shipped_persona_passes_its_gating_probes(shipped_check):
+    """Both name questions (unlike any identity example she was built with) get her name,
+    four messages get four replies of her own, none an echo: what the card records."""
     done, result = shipped_check
-    assert done.returncode == 0 and result["gating_passed"] is True
+    assert done.returncode == 0 and result["gating_passed"] is True, result["probes"]
+    names = [r["reply"] for r in result["probes"] if r["probe"] == "own name"]
+    assert len(names) == 2 and all("Juliet" in reply for reply in names)
+    card = (DEFAULT_PERSONA / "card.md").read_text()
+    assert "Gating probes passed: yes." in card

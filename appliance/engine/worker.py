@@ -267,7 +267,8 @@ class Engine:
         error = loaded.get()
         if error is not None:
             self._thread.join()
-            raise EngineError(f"could not load {self.model_path}: {error}") from error
+            reason = str(error) or type(error).__name__  # MemoryError() says nothing
+            raise EngineError(f"could not load {self.model_path}: {reason}") from error
         return self
 
     def _work(self, loaded: queue.Queue[Optional[BaseException]]) -> None:

@@ -185,8 +185,15 @@ def _child_env() -> Dict[str, str]:
     return env
 
 
+# Under MemoryDenyWriteExecute (the unit) libffi puts every ctypes callback in a memfd it
+# grows and maps twice; a file-size limit of 0 made each one a MemoryError, and every
+# persona switch in the booted image failed at `loads`. Writes are the sandbox's to stop;
+# this only bounds them.
+FILE_LIMIT = 8 << 20
+
+
 def _limit(limits: Limits) -> Callable[[], None]:
-    """Address space, CPU time, no files written, no core dumps: for the child only."""
+    """Address space, CPU time, small files only, no core dumps: for the child only."""
     # Virtual address space: the model, its cache, and room for the interpreter, the
     # library's mappings and per-thread arenas.
     address_space = limits.memory + (1 << 30) + limits.threads * (64 << 20)
@@ -195,7 +202,7 @@ def _limit(limits: Limits) -> Callable[[], None]:
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     return apply

@@ -65,7 +65,7 @@ def unit(shell, name="typewriter"):
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def journal(shell, lines: int = 40) -> str:
+def service_log(shell, lines: int = 40) -> str:
     """The service's own log in the guest, for a failure's message."""
     return shell.run(f"journalctl -b -u typewriter --no-pager | tail -{lines}")[1]
 
@@ -142,7 +142,7 @@ def test_the_image_boots_and_answers_the_typewriter(tmp_path, stand_in, aarch64_
         pid = unit(shell)["MainPID"]
         shell.run(f"kill -9 {pid}")
         assert wait(lambda: unit(shell)["NRestarts"] == "1" and
-                    unit(shell)["SubState"] == "running", 600, 2), (unit(shell), journal(shell))
+                    unit(shell)["SubState"] == "running", 600, 2), (unit(shell), service_log(shell))
         assert wait(lambda: "connected" in unit(shell)["StatusText"], 120, 2)
         before = len(sim.paper.text())
         sim.type_text(" night\n\n", cps=20)
@@ -173,7 +173,7 @@ def test_the_image_boots_and_answers_the_typewriter(tmp_path, stand_in, aarch64_
                   " && chown -R typewriter:typewriter /var/lib/typewriter/personas/second")
         status, out = shell.run("/opt/typewriter/venv/bin/typewriter persona use second",
                                 timeout=300)
-        assert status == 0 and "second: active now" in out, out
+        assert status == 0 and "second: active now" in out, (out, service_log(shell))
         _, journal = shell.run("journalctl -b -u typewriter --no-pager -g 'second: validated'")
         confined = re.search(r"second: validated, confined by (.*)", journal)
         assert confined and "unit's hardening" in confined.group(1), journal

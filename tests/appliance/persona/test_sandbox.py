@@ -17,7 +17,7 @@ import pytest
 
 from appliance.persona.bundle import verify
 from appliance.persona.sandbox import PACKAGE_ROOT, Bubblewrap, SandboxError, UnitHardening, choose
-from appliance.persona.validate import child_reads, run_confined, validate
+from appliance.persona.validate import FILE_LIMIT, child_reads, run_confined, validate
 from tests.appliance.persona.test_validate import PLENTY, make_bundle
 from tests.conftest import typewriter
 
@@ -93,9 +93,10 @@ def create(path):
 def work():
     create("/tmp/work-probe")
     os.unlink("/tmp/work-probe")
-def one_byte():
-    with open("/tmp/one-byte", "wb", buffering=0) as f:
-        f.write(b"x")
+def past_the_limit():
+    with open("/tmp/big", "wb", buffering=0) as f:
+        f.write(bytes({FILE_LIMIT}))
+        f.write(b"x")  # a write across the limit is cut short; one past it fails
 print(json.dumps({{
     "create_in_bundle": attempt(lambda: create(bundle + "/new")),
     "unlink_in_bundle": attempt(lambda: os.unlink(bundle + "/model.gguf")),
@@ -105,7 +106,7 @@ print(json.dumps({{
     "create_in_usr": attempt(lambda: create("/usr/new")),
     "work_folder": attempt(work),
     "leave_in_tmp": attempt(lambda: create("/tmp/left-by-the-child-{os.getpid()}")),
-    "write_a_byte": attempt(one_byte),
+    "write_past_the_limit": attempt(past_the_limit),
 }}))
 """
     seen = inside(bundle, probe)
@@ -115,7 +116,7 @@ print(json.dumps({{
          "create_in_usr"), "EROFS")
     assert seen["create_in_store"] == "ENOENT"  # romeo is not there at all
     assert seen["work_folder"] == "ok" and seen["leave_in_tmp"] == "ok"
-    assert seen["write_a_byte"] == "EFBIG"  # RLIMIT_FSIZE = 0 holds inside
+    assert seen["write_past_the_limit"] == "EFBIG"  # RLIMIT_FSIZE holds inside
     assert not Path(f"/tmp/left-by-the-child-{os.getpid()}").exists()  # a private /tmp
     verify(bundle)  # every file as sealed
     assert sorted(p.name for p in store.iterdir()) == [".staging-1", "juliet", "romeo"]
@@ -252,3 +253,21 @@ sys.exit(0 if run_checks(bundle, 1 << 30, 256, 1) else 3)
     checks = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
     assert [c["check"] for c in checks][-2:] == ["loads", "generates"]
     assert all(c["ok"] for c in checks), checks
+
+
+def test_ctypes_callbacks_work_in_the_child_under_w_xor_x(store):
+    """The unit's MemoryDenyWriteExecute, here by prctl(PR_SET_MDWE): libffi then keeps its
+    closures in a memfd, which the file-size limit must leave room for (llama-cpp-python
+    makes callbacks as it loads a model)."""
+    probe = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+mdwe = libc.prctl(65, 1, 0, 0, 0) == 0  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+def callback():
+    assert ctypes.CFUNCTYPE(ctypes.c_int)(lambda: 7)() == 7
+print(json.dumps({"mdwe": mdwe, "callback": attempt(callback)}))
+"""
+    seen = inside(store / "juliet", probe)
+    if not seen["mdwe"]:
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3+)")
+    assert seen["callback"] == "ok"

@@ -15,7 +15,11 @@ long the printer waits for text mid-reply; and how soon a reply's first
 sentence is spoken once complete. The prefill run prints only (the appliance
 as most are built: its decode speed and memory are the ones held to the
 bars); the evaluate-on-submit run also speaks, into WAV files, and its
-decode speed is reported beside.
+decode speed is reported beside. With a persona (`typewriter bench --persona`)
+the appliance runs that persona, adapter and all, and the bare loop loads the
+same base and adapter; its replies are the persona's own, so each twin decodes
+as many tokens as the reply it is paired with did (the one before the Return,
+as many as the previous reply).
 """
 
 from __future__ import annotations
@@ -155,7 +159,7 @@ temperature = 0.0
     return folder
 
 
-def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: float,
+def _conversation(persona: Path, threads: int, prefill: bool, rate: float, cps: float,
                   messages: List[str], speak: bool, bare: BareLoop,
                   lengths: Optional[List[int]] = None) -> Dict[str, list]:
     """Type the messages into a real `typewriter run` process; time what comes back.
@@ -179,6 +183,7 @@ def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: fl
     ttft, idle, evaluated, decode, prompts, cached = [], [], [], [], [], []
     before: List[float] = []
     after: List[float] = []
+    tokens: Optional[int] = None  # the last reply's, for the twin before the next Return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         # This machine's own config stays out of it; speech goes to WAV files, as the
@@ -187,7 +192,7 @@ def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: fl
                                             f'"{folder / "speech"}"\n' if speak else "")
         sock = folder / "control.sock"
         command = [sys.executable, "-m", "appliance.cli", "run", "--port", port,
-                   "--persona", str(_bench_persona(folder / "persona", model)),
+                   "--persona", str(persona),
                    "--config", str(folder / "config.toml"), "--ctx", "1024",
                    "--threads", str(threads), "--state-dir", str(folder / "state"),
                    "--control", str(sock), "--personas", str(folder / "personas")]
@@ -208,7 +213,7 @@ def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: fl
                 length = cached[-1] if lengths is None else lengths[i]
                 # The twin decodes just before the Return, while the appliance waits for
                 # it, so the reply that follows starts on cores as busy as the twin's.
-                twin = bare.decode(length)
+                twin = bare.decode(length, tokens=tokens)
                 submitted = time.monotonic()
                 sim.press(m.KEY_RETURN)
                 # Asked 4 times a second, not 20: each question wakes the appliance's
@@ -227,7 +232,8 @@ def _conversation(model: Path, threads: int, prefill: bool, rate: float, cps: fl
                 if stats["decode_tps"]:  # None for a reply of a single token
                     decode.append(stats["decode_tps"])
                     before.append(twin)
-                    after.append(bare.decode(stats["prompt_tokens"]))
+                    after.append(bare.decode(stats["prompt_tokens"], tokens=stats["tokens"]))
+                    tokens = stats["tokens"]
             peak = _peak_rss_mb(app.pid)
             speech = status()["speech_start_s"]
         finally:
@@ -269,18 +275,19 @@ def _printer_idle(sim, since: float, cps: float, cr_seconds: float) -> float:
 _bare: Dict[str, object] = {}  # in the bare loop's own process: the model and the text
 
 
-def _bare_load(model: Path, threads: int, mmap: bool) -> None:
+def _bare_load(model: Path, threads: int, mmap: bool, adapter: Optional[Path]) -> None:
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(model), n_ctx=1024, n_threads=threads, n_batch=64, n_ubatch=64,
-                use_mmap=mmap, verbose=False, seed=1, **kv_cache_options(True))
+                use_mmap=mmap, verbose=False, seed=1,
+                lora_path=str(adapter) if adapter else None, **kv_cache_options(True))
     _bare["llm"] = llm
     # Longer than any prompt the appliance's 1024-token context can hold.
     _bare["text"] = llm.tokenize((PROMPT + " ".join(MESSAGES) * 8).encode(), add_bos=True)
     _bare["tokens"] = len(llm.tokenize(REPLY_SCRIPT.split("\n")[0].encode(), add_bos=False))
 
 
-def _bare_decode(length: int, pause: float = 0.0) -> float:
+def _bare_decode(length: int, pause: float = 0.0, tokens: Optional[int] = None) -> float:
     """Decode tokens/s of a plain llama-cpp-python loop right after a prompt of `length`.
 
     Decoding slows as the context grows (here 55 tok/s after 64 tokens, 45
@@ -289,7 +296,8 @@ def _bare_decode(length: int, pause: float = 0.0) -> float:
     with a pause, all but its last token is evaluated first and the cores then
     sit idle for `pause` seconds, as after a message prefilled while typed.
     """
-    llm, text, tokens = _bare["llm"], _bare["text"], _bare["tokens"]
+    llm, text = _bare["llm"], _bare["text"]
+    tokens = max(2, tokens or _bare["tokens"])
     llm.reset()
     if pause:
         llm.eval(text[:length - 1])
@@ -311,16 +319,16 @@ class BareLoop:
     instead of between two runs minutes apart.
     """
 
-    def __init__(self, model: Path, threads: int, mmap: bool):
+    def __init__(self, model: Path, threads: int, mmap: bool, adapter: Optional[Path] = None):
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
 
         self._pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"),
                                          initializer=_bare_load,
-                                         initargs=(model, threads, mmap))
+                                         initargs=(model, threads, mmap, adapter))
 
-    def decode(self, length: int, pause: float = 0.0) -> float:
-        return self._pool.submit(_bare_decode, length, pause).result()
+    def decode(self, length: int, pause: float = 0.0, tokens: Optional[int] = None) -> float:
+        return self._pool.submit(_bare_decode, length, pause, tokens).result()
 
     def close(self) -> None:
         self._pool.shutdown()
@@ -352,21 +360,30 @@ def _idle_penalty(bare: BareLoop, length: int, rounds: int = 4) -> float:
 
 
 def end_to_end(model: Path, shape: str, threads: int, rate: float = 5.0, cps: float = 12.0,
-               exchanges: int = 5, out: Optional[Path] = None) -> Dict[str, object]:
-    """Prefill against evaluate-on-submit, through the simulated typewriter."""
+               exchanges: int = 5, out: Optional[Path] = None,
+               persona: Optional[Path] = None) -> Dict[str, object]:
+    """Prefill against evaluate-on-submit, through the simulated typewriter: the scripted
+    bench model of a shape, or (`persona`) a real persona, whose base is then `model`."""
+    import tempfile
     from statistics import median
 
+    from appliance.persona.spec import Persona
     from appliance.system.memory import use_mmap
 
     messages = (MESSAGES * (exchanges // len(MESSAGES) + 1))[:exchanges]
-    mmap = use_mmap(model.stat().st_size)
-    bare = BareLoop(model, threads, mmap)
+    adapter = Persona.load(persona).adapter_path if persona is not None else None
+    files = [model] + ([adapter] if adapter else [])
+    mmap = use_mmap(sum(f.stat().st_size for f in files))
+    bare = BareLoop(model, threads, mmap, adapter)
     try:
-        with_prefill = _conversation(model, threads, True, rate, cps, messages, False, bare)
-        # The same script gives the same prompts, whose lengths the appliance without
-        # prefill cannot tell before the Return.
-        on_submit = _conversation(model, threads, False, rate, cps, messages, True, bare,
-                                  lengths=with_prefill["prompt_tokens"])
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = persona or _bench_persona(Path(tmp) / "persona", model)
+            with_prefill = _conversation(folder, threads, True, rate, cps, messages, False,
+                                         bare)
+            # The same script gives the same prompts, whose lengths the appliance without
+            # prefill cannot tell before the Return.
+            on_submit = _conversation(folder, threads, False, rate, cps, messages, True, bare,
+                                      lengths=with_prefill["prompt_tokens"])
         idle_penalty = _idle_penalty(bare, int(median(with_prefill["prompt_tokens"])))
     finally:
         bare.close()
@@ -375,10 +392,11 @@ def end_to_end(model: Path, shape: str, threads: int, rate: float = 5.0, cps: fl
         message_tokens = [len(engine.tokenize(" " + msg)) for msg in messages]
     finally:
         engine.close()
-    model_mb = model.stat().st_size / 2**20
+    model_mb = sum(f.stat().st_size for f in files) / 2**20
     peak = with_prefill["peak_rss_mb"]
     result: Dict[str, object] = {
         "shape": shape,
+        "adapter": adapter.name if adapter else None,
         "threads": threads,
         "machine": f"{platform.machine()} {platform.processor()}".strip(),
         "typing_cps": rate,

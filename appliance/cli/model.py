@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -23,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--threads", type=bounded(int, 1, 256), default=None)
     bench.add_argument("--persona", metavar="DIR", help="instead: an adapter persona on its "
                        "real base (default: the shipped one with `--persona default`): "
-                       "adapter vs base decode, adapter swap vs reload, Q4_1 vs Q4_0, pace")
+                       "adapter vs base decode, adapter swap vs reload, Q4_1 vs Q4_0, pace, "
+                       "then the end-to-end run (prefill vs on submit, appliance vs bare "
+                       "decode, memory) on that persona")
     bench.add_argument("--dialogue", default=str(Path(__file__).resolve().parents[2] / ".." /
                                                  "shared" / "data" / "tinyshakespeare.txt"),
                        help="--persona: the dialogue its held-out lines come from")
@@ -101,10 +104,21 @@ def _persona_bench(args: argparse.Namespace) -> int:
                         "was built from")
     out = Path(args.json if args.json != "bench-results/bench.json" else
                "bench-results/persona.json")
-    result = persona_bench(folder, args.threads or physical_cores(), args.rounds, dialogue,
-                           args.character, cache_dir() / "models", out)
+    threads = args.threads or physical_cores()
+    result = persona_bench(folder, threads, args.rounds, dialogue, args.character,
+                           cache_dir() / "models", out)
     for key, value in result.items():
         print(f"{key:28} {value}")
+    from appliance.bench.end_to_end import end_to_end
+    from appliance.persona.spec import Persona
+
+    persona = Persona.load(folder)
+    whole = end_to_end(persona.model_path, persona.name, threads, rate=args.rate, cps=args.cps,
+                       exchanges=args.exchanges, persona=folder)
+    print("end to end, on this persona:")
+    for key, value in whole.items():
+        print(f"  {key:26} {value}")
+    out.write_text(json.dumps({**result, "end_to_end": whole}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

@@ -186,12 +186,14 @@ def _assemble(req: Request, recipe, script: Script, character: str, work: Path, 
     main = accelerator.is_main_process
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
     name = character_name(character)
-    frame_config = ex.character_frame(character, name, req.user_label,
-                                      req.preamble or default_preamble(name, req.frame),
-                                      req.frame)
-    frames = {"dialogue": DialogueFrame(ex.character_frame(
-        character, name, req.user_label, default_preamble(name, "dialogue")))}
-    frames[req.frame] = DialogueFrame(frame_config) if req.frame == "dialogue" else None
+    def config(kind: str):
+        """The frame trained in (the given preamble), or another measured beside it."""
+        given = req.preamble if kind == req.frame else ""
+        return ex.character_frame(character, name, req.user_label,
+                                  given or default_preamble(name, kind), kind)
+
+    frame_config = config(req.frame)
+    frames = {"dialogue": DialogueFrame(config("dialogue"))}
     base_path = base_sha256 = None
     if recipe.base is not None:
         from appliance.engine.bases import resolve, sha256_of
@@ -221,10 +223,8 @@ def _assemble(req: Request, recipe, script: Script, character: str, work: Path, 
         vocab = llama_vocabulary(base_path)
         tokenize, end = vocab.tokenize, vocab.eos_id
         if vocab.chat_template:  # the base alone is measured in both frames
-            frames["chat"] = ChatFrame(
-                frame_config if req.frame == "chat" else ex.character_frame(
-                    character, name, req.user_label, default_preamble(name, "chat"), "chat"),
-                vocab.chat_template, vocab.bos, vocab.eos)
+            frames["chat"] = ChatFrame(config("chat"), vocab.chat_template, vocab.bos,
+                                       vocab.eos)
         elif req.frame == "chat":
             raise BuildError(f"--base {base_path}: the model has no chat template "
                              "(tokenizer.chat_template): use --frame dialogue")

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from appliance.engine.synth import held_out_text
-from appliance.engine.worker import Engine, Sampling, kv_cache_options
+from appliance.engine.worker import Engine, Sampling
 
 TYPEWRITER_CPS = 12.0  # a Brother AX-class typewriter's print speed
 
@@ -276,11 +276,13 @@ _bare: Dict[str, object] = {}  # in the bare loop's own process: the model and t
 
 
 def _bare_load(model: Path, threads: int, mmap: bool, adapter: Optional[Path]) -> None:
-    from llama_cpp import Llama
+    import llama_cpp
 
-    llm = Llama(model_path=str(model), n_ctx=1024, n_threads=threads, n_batch=64, n_ubatch=64,
-                use_mmap=mmap, verbose=False, seed=1,
-                lora_path=str(adapter) if adapter else None, **kv_cache_options(True))
+    # The engine's context: 64-token batches, a Q8_0 KV cache (which needs flash attention).
+    llm = llama_cpp.Llama(model_path=str(model), n_ctx=1024, n_threads=threads, n_batch=64,
+                          n_ubatch=64, use_mmap=mmap, verbose=False, seed=1,
+                          lora_path=str(adapter) if adapter else None, flash_attn=True,
+                          type_k=llama_cpp.GGML_TYPE_Q8_0, type_v=llama_cpp.GGML_TYPE_Q8_0)
     _bare["llm"] = llm
     # Longer than any prompt the appliance's 1024-token context can hold.
     _bare["text"] = llm.tokenize((PROMPT + " ".join(MESSAGES) * 8).encode(), add_bos=True)

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, Union
 
+from appliance.engine import libllama
 from appliance.engine.gguf_header import is_gguf
+from appliance.engine.libllama import Context, Model, Sampler
 from appliance.errors import UserError
 from appliance.system.memory import use_mmap
 
@@ -168,24 +170,16 @@ class Reply:
         return "".join(self)
 
 
-def kv_cache_options(quantized: bool) -> dict:
-    """Llama() options for the KV cache: Q8_0 halves it (needs flash attention in llama.cpp)."""
-    if not quantized:
-        return {}
-    import llama_cpp
-
-    return {"flash_attn": True, "type_k": llama_cpp.GGML_TYPE_Q8_0,
-            "type_v": llama_cpp.GGML_TYPE_Q8_0}
-
-
-PENALTY_LAST_N = 64  # llama.cpp's default repeat window
-
-
 def token_text(llm, token: int) -> str:
-    """A special token's text (BOS, EOS), as a chat template names it; "" for none (-1)."""
+    """A special token's text (BOS, EOS) from a llama_cpp.Llama, as a chat template names
+    it; "" for none (-1)."""
     if token < 0:
         return ""
     return llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
+
+
+PENALTY_LAST_N = 64  # llama.cpp's default repeat window
+DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: a fresh random seed each time
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -249,7 +243,8 @@ class Engine:
         self._jobs: queue.Queue[Optional[Callable[[], None]]] = queue.Queue()
         self._target: List[int] = []
         self._target_lock = threading.Lock()
-        self._llm = None
+        self._model: Optional[Model] = None
+        self._ctx: Optional[Context] = None
         self._adapter = None  # the llama_adapter_lora_p applied now
         self._thread: Optional[threading.Thread] = None
         self.busy_since: Optional[float] = None  # when the job now running started
@@ -273,34 +268,22 @@ class Engine:
 
     def _work(self, loaded: queue.Queue[Optional[BaseException]]) -> None:
         try:
-            from llama_cpp import Llama
-
-            self._llm = Llama(
-                model_path=str(self.model_path),
-                n_ctx=self.n_ctx,
-                n_threads=self.n_threads,
-                n_batch=self.n_batch,
-                n_ubatch=self.n_batch,
-                seed=self.seed if self.seed >= 0 else 0xFFFFFFFF,
-                use_mmap=self.mmap,
-                verbose=False,
-                **kv_cache_options(self.kv_quant),
-            )
+            self._model = Model(self.model_path, self.mmap)
+            self._ctx = Context(self._model, self.n_ctx, self.n_batch, self.n_threads,
+                                self.kv_quant)
             if self.adapter_path is not None:
                 self._swap_adapter(self.adapter_path)
-        except Exception as e:  # llama.cpp reports load failures as ValueError/RuntimeError
-            if self._llm is not None:
-                self._llm.close()
-                self._llm = None
+        except Exception as e:  # llama.cpp's refusals, as RuntimeError
+            self._free()
             loaded.put(e)
             return
-        meta = self._llm.metadata
-        self.chat_template = meta.get("tokenizer.chat_template")
-        self.bos = self._token_text(self._llm.token_bos())
-        self.eos = self._token_text(self._llm.token_eos())
+        model = self._model
+        self.chat_template = model.chat_template
+        self.bos = self._token_text(model.bos)
+        self.eos = self._token_text(model.eos)
         self._end = self._end_of_turn()  # read once here, not on the first reply's clock
         # Never penalized: where a reply ends, and the line break (llama.cpp's penalize_nl).
-        self._spare = sorted(self._end | set(self.tokenize("\n")))
+        self._spare = frozenset(self._end | set(self.tokenize("\n")))
         loaded.put(None)
         while True:
             job = self._jobs.get()
@@ -309,12 +292,26 @@ class Engine:
             self.busy_since = self.progress_at = time.monotonic()
             job()
             self.busy_since = None
-        self._swap_adapter(None)  # freed before its model: llama.cpp would free it again
-        self._llm.close()
-        self._llm = None
+        self._free()
+
+    def _free(self) -> None:
+        if self._ctx is not None:
+            self._swap_adapter(None)  # freed before its model: llama.cpp would free it again
+            self._ctx.close()
+            self._ctx = None
+        if self._model is not None:
+            self._model.close()
+            self._model = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
 
     def _token_text(self, token: int) -> str:
-        return token_text(self._llm, token)
+        """A special token's text (BOS, EOS), as a chat template names it; "" for none (-1)."""
+        if token < 0:
+            return ""
+        return self._model.piece(token, special=True).decode("utf-8", errors="ignore")
 
     # -- adapters -------------------------------------------------------------------------
 
@@ -353,27 +350,22 @@ class Engine:
 
     def _swap_adapter(self, path: Optional[Path]) -> None:
         """On the worker: load the new adapter, set it, then free the old one."""
-        import ctypes
-
-        import llama_cpp
-
-        from appliance.engine.synth import quiet_llama
-
-        llm, new = self._llm, None
+        lib = libllama.bindings()
+        new = None
         if path is not None:
-            with quiet_llama():  # a line per tensor otherwise
-                new = llama_cpp.llama_adapter_lora_init(llm.model, str(path).encode())
+            libllama.begin()
+            new = lib.llama_adapter_lora_init(self._model.ptr, str(path).encode())
             if not new:
+                why = libllama.cause()
                 raise RuntimeError(f"llama.cpp refused {path} as a LoRA adapter for "
-                                   f"{self.model_path.name} (another base, or not an adapter)")
-        adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(new) if new else None
-        scales = (ctypes.c_float * 1)(1.0) if new else None
-        if llama_cpp.llama_set_adapters_lora(llm.ctx, adapters, 1 if new else 0, scales):
+                                   f"{self.model_path.name} (another base, or not an adapter)"
+                                   + (f": {why}" if why else ""))
+        if not self._ctx.set_adapter(new):
             if new:
-                llama_cpp.llama_adapter_lora_free(new)
+                lib.llama_adapter_lora_free(new)
             raise RuntimeError(f"llama.cpp could not set the adapter {path}")
         if self._adapter:
-            llama_cpp.llama_adapter_lora_free(self._adapter)
+            lib.llama_adapter_lora_free(self._adapter)
         self._adapter = new
         self.adapter_path = path
 
@@ -385,7 +377,7 @@ class Engine:
         special: parse control tokens (`<|im_start|>`) in the text, as a chat template's own
         text needs; never for what a person typed or the model said.
         """
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=bos, special=special)
+        return self._model.tokenize(text.encode("utf-8"), bos, special)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text, bos=True))
@@ -403,11 +395,8 @@ class Engine:
         self._jobs.put(self._prefill)
 
     def _rewind(self, n: int) -> None:
-        """Forget the cache beyond n tokens (llama-cpp-python needs both fields reset)."""
-        llm = self._llm
-        llm._ctx.kv_cache_seq_rm(-1, n, -1)
-        llm.n_tokens = n
-        llm._requires_eval = True
+        """Forget the cache beyond n tokens."""
+        self._ctx.rewind(n)
 
     def _prefill(self) -> None:
         while True:
@@ -428,42 +417,34 @@ class Engine:
         does. The kept turns' cache then still reflects the dropped exchange they once
         followed; the reply is not token-for-token what a fresh evaluation would give.
         """
-        import numpy as np
-
-        llm = self._llm
-        cached = llm.input_ids[: llm.n_tokens]
-        keep = common_prefix(cached.tolist(), target)
+        context = self._ctx
+        cached = context.tokens
+        keep = common_prefix(cached, target)
         rest = len(cached) - keep
         if rest >= SHIFT_MIN and len(target) - keep >= SHIFT_MIN:
-            want = np.asarray(target[keep : keep + rest], dtype=cached.dtype)
+            want = target[keep : keep + rest]
             start, run = 0, 0
-            for j in np.flatnonzero(cached[keep + 1 :] == want[0]) + keep + 1:
-                n = min(len(cached) - j, len(want))
-                same = cached[j : j + n] == want[:n]
-                length = n if same.all() else int(np.argmin(same))
-                if length > run:
-                    start, run = int(j), length
+            for j in range(keep + 1, len(cached)):
+                if cached[j] == want[0]:
+                    length = common_prefix(cached[j:], want)
+                    if length > run:
+                        start, run = j, length
             if run >= SHIFT_MIN:
-                drop = start - keep
-                llm._ctx.kv_cache_seq_rm(0, keep, start)
-                llm._ctx.kv_cache_seq_shift(0, start, -1, -drop)
-                llm.input_ids[keep : len(cached) - drop] = cached[start:].copy()
-                llm.n_tokens -= drop
-                self.shifted += drop
+                self.shifted += start - keep
+                context.drop(keep, start)
                 keep += run
-        if keep < llm.n_tokens:
+        if keep < len(context.tokens):
             self._rewind(keep)
         return keep
 
     def _evaluate(self, target: Sequence[int], chunk: int) -> int:
         """Bring the cache one chunk closer to target (rewinding what differs); returns the
         tokens evaluated, 0 when the cache already holds target (or it cannot fit)."""
-        llm = self._llm
         keep = self._reuse(target)
         if keep >= len(target) or len(target) >= self.n_ctx:
             return 0
         piece = target[keep : keep + chunk]
-        llm.eval(piece)
+        self._ctx.decode(piece)
         self.progress_at = time.monotonic()
         return len(piece)
 
@@ -471,8 +452,8 @@ class Engine:
     def context_tokens(self) -> int:
         """Tokens in the model's cache now: the conversation so far, and as much of the
         message being typed as prefill has evaluated. One int read: safe from any thread."""
-        llm = self._llm
-        return llm.n_tokens if llm is not None else 0
+        context = self._ctx
+        return len(context.tokens) if context is not None else 0
 
     def stalled(self, after: float) -> bool:
         """A job has run for `after` seconds without a token or a chunk: the worker hangs."""
@@ -502,7 +483,7 @@ class Engine:
         return reply
 
     def _generate(self, reply: Reply, tokens: List[int], stops: list, sampling: Sampling) -> None:
-        llm = self._llm
+        context, model, sampler = self._ctx, self._model, None
         try:
             reply.prompt_tokens = len(tokens)
             reply.evaluated = len(tokens) - self._reuse(tokens)
@@ -512,8 +493,7 @@ class Engine:
                     f"the prompt ({len(tokens)} tokens) does not fit the context ({self.n_ctx})"
                 )
             limit = min(sampling.max_tokens, room)
-            # All but the last token in chunks, each a sign of life for the watchdog;
-            # llama.cpp's generate then evaluates the last one itself.
+            # All but the last token in chunks, each a sign of life for the watchdog.
             while self._evaluate(tokens[:-1], PROMPT_CHUNK):
                 if reply.cancelled.is_set():
                     break
@@ -521,27 +501,25 @@ class Engine:
             joiner = Utf8Joiner()
             end = self._end
             reply.stop_reason = "length"
-            stream = llm.generate(
-                tokens,
-                top_k=sampling.top_k,
-                top_p=sampling.top_p,
-                temp=sampling.temperature,
-                repeat_penalty=1.0,
-                logits_processor=self._penalty(sampling.repeat_penalty),
-                reset=True,
-            )
-            for token in stream:
-                if not reply.sampled:
-                    reply.first_token_at = time.perf_counter()
+            sampler = Sampler(model.n_vocab, sampling.temperature, sampling.top_k, sampling.top_p,
+                              sampling.repeat_penalty, PENALTY_LAST_N,
+                              self.seed if self.seed >= 0 else DEFAULT_SEED,
+                              tokens[-PENALTY_LAST_N:], self._spare)
+            if not reply.cancelled.is_set():
+                context.decode(tokens[len(context.tokens):])
+            while True:
                 if reply.cancelled.is_set():
                     reply.stop_reason = "cancelled"
                     break
+                token = sampler.sample(context)
+                if not reply.sampled:
+                    reply.first_token_at = time.perf_counter()
                 if token in end:
                     reply.stop_reason = "eos"
                     break
                 reply.sampled.append(token)
                 self.progress_at = time.monotonic()
-                out = stop.feed(joiner.feed(llm.detokenize([token])))
+                out = stop.feed(joiner.feed(model.piece(token)))
                 if out:
                     reply.emit(out)
                 if stop.stopped:
@@ -551,6 +529,7 @@ class Engine:
                     break
                 if reply.tokens >= limit:
                     break
+                context.decode((token,))
             if reply.stop_reason in ("length", "eos"):
                 tail = stop.feed(joiner.feed(b"")) + stop.finish()
                 if tail:
@@ -558,41 +537,19 @@ class Engine:
         except Exception as e:
             reply.error = e
         finally:
+            if sampler is not None:
+                sampler.close()
             reply.done_at = time.perf_counter()
             reply.emit(None)
-
-    def _penalty(self, repeat: float):
-        """The repeat penalty over the last PENALTY_LAST_N tokens, the prompt's included, as
-        llama.cpp's own tools apply it. llama-cpp-python's penalises only what it sampled, so
-        a small model's first tokens copy the message ("What news?" -> "What news?") with
-        nothing against it."""
-        if repeat == 1.0:
-            return None
-        import numpy as np
-        from llama_cpp import LogitsProcessorList
-
-        spare = np.array(self._spare, dtype=np.intc)
-
-        def penalize(ids, logits):
-            recent = np.setdiff1d(ids[-PENALTY_LAST_N:], spare)
-            scores = logits[recent]
-            logits[recent] = np.where(scores > 0, scores / repeat, scores * repeat)
-            return logits
-
-        return LogitsProcessorList([penalize])
 
     def _end_of_turn(self) -> set:
         """The tokens a reply ends at: end-of-generation and every control token (a chat
         model that samples `<|im_start|>` has begun another turn), from the GGUF's vocabulary.
         None of them is ever printed."""
-        import llama_cpp
-
-        llm = self._llm
-        vocab = llama_cpp.llama_model_get_vocab(llm.model)
-        end = {t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)
-               or llama_cpp.llama_vocab_is_control(vocab, t)}
-        end.discard(llm.token_bos())
-        return end | {t for t in (llm.token_eos(), llm._model.token_eot()) if t >= 0}
+        model = self._model
+        end = {t for t in range(model.n_vocab) if model.is_end(t)}
+        end.discard(model.bos)
+        return end | {t for t in (model.eos, model.eot) if t >= 0}
 
     def close(self) -> None:
         if self._thread is not None:

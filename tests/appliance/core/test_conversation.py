@@ -96,7 +96,7 @@ def test_a_message_longer_than_the_context_is_cut_not_refused(engine):
     tokens = conv.prompt_tokens("word " * 400 + "the end")
     assert len(tokens) + 24 <= 256
     assert tokens[: len(conv.head)] == conv.head, "the frame stays"
-    tail = engine._llm.detokenize(tokens[-12:]).decode()
+    tail = engine._model.detokenize(tokens[-12:]).decode()
     assert tail.endswith("word the end\nJULIET:"), "the message keeps its end, then the label"
     reply = engine.generate(tokens, ["\n"], Sampling(max_tokens=24))
     reply.text()

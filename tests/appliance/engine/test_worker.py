@@ -125,13 +125,13 @@ def test_a_long_prompt_at_submit_is_evaluated_in_chunks_that_show_progress(scrip
     engine = Engine(script_model, n_ctx=512, n_threads=2).start()
     try:
         calls = []
-        real_eval = engine._llm.eval
+        real_eval = engine._ctx.decode
 
         def watched(tokens):
             calls.append((len(tokens), engine.progress_at))
             real_eval(tokens)
 
-        engine._llm.eval = watched
+        engine._ctx.decode = watched
         started = time.monotonic()
         prompt = engine.tokenize("word " * 300 + PROMPT, bos=True)
         reply = engine.generate(prompt, stops=["\n"], sampling=GREEDY)
@@ -169,7 +169,7 @@ def test_a_dropped_exchange_is_shifted_out_of_the_cache_not_evaluated_again(scri
         assert engine.shifted == len(old)
         assert reply.evaluated == len(new), "only the new turn is evaluated"
         assert engine.prefilled == before
-        cached = engine._llm.input_ids[: len(head + kept + new)].tolist()
+        cached = engine._ctx.tokens[: len(head + kept + new)]
         assert cached == head + kept + new
     finally:
         engine.close()

@@ -55,7 +55,7 @@ def test_use_then_rollback(store, free):
         old_engine = app.engine
         answer = app.control({"command": "persona", "text": "use juliet"})
         assert answer == {"ok": True, "persona": "Juliet"}
-        assert app.engine is not old_engine and old_engine._llm is None  # the old one freed
+        assert app.engine is not old_engine and not old_engine.loaded  # the old one freed
         assert reply_to(sim, app, "Hello", 1) == SCRIPT_REPLY
         assert (store.active, store.previous) == ("juliet", "noise")
         assert app.control({"command": "persona", "text": "rollback"})["ok"]
@@ -100,7 +100,7 @@ def test_a_switch_asked_for_mid_reply_waits_for_the_reply_to_end(store):
         gate.set()
         asking.join(60)
         assert answers == [{"ok": True, "persona": "Juliet"}]
-        assert app.replies == 1 and old_engine._llm is None
+        assert app.replies == 1 and not old_engine.loaded
         assert store.active == "juliet" and app.conversation.history == []
         assert SCRIPT_REPLY not in sim.paper.text(), "the reply under way was the old persona's"
         assert reply_to(sim, app, "Hello again", 2) == SCRIPT_REPLY

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import sys
+import threading
 from collections import deque
 from pathlib import Path
 from types import ModuleType
@@ -20,13 +21,20 @@ _LOG_ERROR = 4  # ggml_log_level: NONE, DEBUG, INFO, WARN, ERROR, CONT
 _errors: deque = deque(maxlen=4)  # llama.cpp's error lines since a call began: why it failed
 _lib: Optional[ModuleType] = None
 _log_callback = None  # kept referenced: llama.cpp calls it for as long as the process lives
+_loading = threading.Lock()  # two engines may start at once (a switch loads the next)
 
 
 def bindings() -> ModuleType:
     """llama-cpp-python's ctypes module, loaded once without the package's __init__."""
-    global _lib, _log_callback
-    if _lib is not None:
-        return _lib
+    global _lib
+    with _loading:
+        if _lib is None:
+            _lib = _load()
+    return _lib
+
+
+def _load() -> ModuleType:
+    global _log_callback
     spec = importlib.util.find_spec("llama_cpp")  # finds the package; runs nothing of it
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("llama-cpp-python is not installed: pip install llama-cpp-python")
@@ -53,13 +61,14 @@ def bindings() -> ModuleType:
     _log_callback = log
     lib.llama_log_set(log, None)  # its load chatter would fill the journal
     lib.llama_backend_init()
-    _lib = lib
     return lib
 
 
 def begin() -> None:
-    """Forget earlier error lines: the next call's own are then its cause."""
+    """Forget earlier error lines: the next call's own are then its cause. The log is ours
+    again too: an `import llama_cpp` since (the model tools) installs its own."""
     _errors.clear()
+    bindings().llama_log_set(_log_callback, None)
 
 
 def cause() -> str:

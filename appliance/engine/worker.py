@@ -171,8 +171,8 @@ class Reply:
 
 
 def token_text(llm, token: int) -> str:
-    """A special token's text (BOS, EOS) from a llama_cpp.Llama, as a chat template names
-    it; "" for none (-1)."""
+    """A special token's text (BOS, EOS), as a chat template names it; "" for none (-1).
+    llm: a libllama.Model or a llama_cpp.Llama (the model tools')."""
     if token < 0:
         return ""
     return llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
@@ -305,13 +305,11 @@ class Engine:
 
     @property
     def loaded(self) -> bool:
+        """The model is in memory (False once closed, or if it never loaded)."""
         return self._model is not None
 
     def _token_text(self, token: int) -> str:
-        """A special token's text (BOS, EOS), as a chat template names it; "" for none (-1)."""
-        if token < 0:
-            return ""
-        return self._model.piece(token, special=True).decode("utf-8", errors="ignore")
+        return token_text(self._model, token)
 
     # -- adapters -------------------------------------------------------------------------
 

@@ -36,6 +36,12 @@ def test_the_engine_runs_without_numpy_or_jinja2_and_the_package_still_imports(s
 
 
 def test_a_model_llama_cpp_refuses_is_named_with_its_reason(tmp_path, script_model):
+    import llama_cpp
+    from llama_cpp import _logger
+
+    Engine(script_model, n_ctx=256, n_threads=1).start().close()
+    # The model tools' import of llama_cpp, after the engine's, installs its own log.
+    llama_cpp.llama_log_set(_logger.llama_log_callback, None)
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(script_model.read_bytes()[:4096])  # a GGUF header, then nothing
     with pytest.raises(EngineError) as refused:

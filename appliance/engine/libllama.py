@@ -216,8 +216,8 @@ class Sampler:
         self.ptr = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         self._penalties = None
         self._spare = spare
-        self._recent: deque = deque((t for t in prompt if t not in spare), maxlen=last_n)
         if repeat != 1.0:
+            self._recent = deque((t for t in prompt if t not in spare), maxlen=last_n)
             self._penalties = lib.llama_sampler_init_penalties(n_vocab, last_n, repeat, 0.0,
                                                                0.0)
             self._add(self._penalties)
@@ -243,11 +243,11 @@ class Sampler:
     def sample(self, context: Context) -> int:
         """The next token after what the context evaluated last (it then counts as seen)."""
         token = self._lib.llama_sampler_sample(self.ptr, context.ptr, -1)
-        if token in self._spare:
-            if self._penalties is not None:  # the chain counted it: take it back
+        if self._penalties is not None:
+            if token in self._spare:  # the chain counted it: take it back
                 self._refill()
-        else:
-            self._recent.append(token)
+            else:
+                self._recent.append(token)
         return token
 
     def close(self) -> None:
